@@ -1,0 +1,635 @@
+"""The allocation domain (see docs/domain.md for the rules in prose).
+
+Money model, in one paragraph: an Allocation is an SU budget. Its budget is never
+edited in place: every change to budget, status or dates is an AllocationChange row
+(the "diff"), and Allocation.su_budget is the running total of those diffs' deltas.
+Usage rows are charges against the budget; Allocation.su_used and Membership.su_used
+are running totals of them, maintained in the same transaction as the rows they sum
+(services.py), and verified by the verify_ledger command. SU amounts are NUMERIC with
+SU_PLACES decimal places; see conversion.py for the one rounding rule.
+
+Nothing here is ever deleted: statuses go to DELETED and history stays.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.db.models.functions import Lower
+
+from allocations.conversion import RATE_DIGITS, RATE_PLACES, SU_DIGITS, SU_PLACES
+
+RAW_DIGITS, RAW_PLACES = 24, 3
+
+
+def su_field(verbose_name=None, **kwargs) -> models.DecimalField:
+    return models.DecimalField(
+        verbose_name, max_digits=SU_DIGITS, decimal_places=SU_PLACES, **kwargs
+    )
+
+
+class Status(models.TextChoices):
+    ACTIVE = "ACTIVE", "Active"
+    INACTIVE = "INACTIVE", "Inactive"
+    DELETED = "DELETED", "Deleted"
+
+
+def _status_check(model: str) -> models.CheckConstraint:
+    return models.CheckConstraint(
+        condition=Q(status__in=Status.values), name=f"allocations_{model}_valid_status"
+    )
+
+
+class Origination(models.TextChoices):
+    LOCAL = "LOCAL", "Local"
+    ACCESS = "ACCESS", "ACCESS"
+    NAIRR = "NAIRR", "NAIRR Pilot"
+    XRAS = "XRAS", "XRAS"
+    OTHER = "OTHER", "Other"
+
+
+class Project(models.Model):
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    pi = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="pi_projects"
+    )
+    # Co-PIs: the PI's rights on the project, but not its ownership.
+    managers = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="managed_projects"
+    )
+    origination = models.CharField(
+        max_length=16, choices=Origination.choices, default=Origination.LOCAL
+    )
+    originated_id = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["title"]
+        constraints = [
+            _status_check("project"),
+            models.UniqueConstraint(
+                fields=["origination", "originated_id"],
+                condition=~Q(originated_id=""),
+                name="allocations_project_unique_originated_id",
+                violation_error_message="A project with this origination and id already exists.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ProjectChange(models.Model):
+    """Append-only record of a change to a project's status or managers."""
+
+    class Kind(models.TextChoices):
+        CREATED = "CREATED", "Created"
+        STATUS = "STATUS", "Status changed"
+        MANAGER_ADDED = "MANAGER_ADDED", "Manager added"
+        MANAGER_REMOVED = "MANAGER_REMOVED", "Manager removed"
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="changes")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, blank=True)
+    subject = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    reason = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}"
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["CREATED", "STATUS", "MANAGER_ADDED", "MANAGER_REMOVED"]),
+                name="allocations_projectchange_valid_kind",
+            ),
+        ]
+
+
+class Cluster(models.Model):
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # The short name schedulers and importers use (Slurm ClusterName).
+    name = models.SlugField(max_length=64, unique=True)
+    title = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+    admins = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="administered_clusters"
+    )
+    # What the provider can give out in a month; committed budgets are compared to it.
+    su_capacity_per_month = su_field(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(su_capacity_per_month__isnull=True) | Q(su_capacity_per_month__gt=0),
+                name="allocations_cluster_capacity_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or self.name
+
+
+class Resource(models.Model):
+    class Kind(models.TextChoices):
+        CPU = "CPU", "CPU"
+        GPU = "GPU", "GPU"
+        MEMORY = "MEMORY", "Memory"
+        STORAGE = "STORAGE", "Storage"
+        OTHER = "OTHER", "Other"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="resources")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # What one unit is ("core", "GPU", "GB"): usage is counted in unit-hours of it.
+    unit = models.CharField(max_length=32)
+    # How many units the cluster has (e.g. 64 H200 GPUs); informative.
+    amount = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["cluster__name", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                "cluster",
+                Lower("name"),
+                name="allocations_resource_unique_name",
+                violation_error_message="This cluster already has a resource with this name.",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["CPU", "GPU", "MEMORY", "STORAGE", "OTHER"]),
+                name="allocations_resource_valid_kind",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cluster.name})"
+
+
+class Rate(models.Model):
+    """SUs charged per unit-hour of one resource, in force for [start, end).
+
+    Windows of one resource never overlap: on PostgreSQL an exclusion constraint
+    (migration 0002) holds it; services.rate_add checks the same rule everywhere.
+    """
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    resource = models.ForeignKey(Resource, on_delete=models.PROTECT, related_name="rates")
+    su_per_unit_hour = models.DecimalField(
+        "SU per unit-hour", max_digits=RATE_DIGITS, decimal_places=RATE_PLACES
+    )
+    start = models.DateTimeField()
+    end = models.DateTimeField(null=True, blank=True, help_text="Exclusive; empty = open.")
+    reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["resource", "start"]
+        indexes = [
+            # services.rates_in_force: the windows of a resource around a usage time.
+            models.Index(fields=["resource", "start"], name="alloc_rate_lookup"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(su_per_unit_hour__gte=0), name="allocations_rate_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(end__isnull=True) | Q(end__gt=F("start")),
+                name="allocations_rate_end_after_start",
+                violation_error_message="A rate window must end after it starts.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.resource}: {self.su_per_unit_hour} SU/{self.resource.unit}-hour"
+
+
+class Allocation(models.Model):
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="allocations")
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="allocations")
+    # The Slurm account name: what importers and admission checks send.
+    name = models.SlugField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.INACTIVE)
+    # Inclusive dates, UTC: usable from start 00:00 to end 23:59:59.
+    start = models.DateField()
+    end = models.DateField()
+    resources = models.ManyToManyField(Resource, related_name="allocations")
+    # Maintained totals (services.py keeps them in step with their records):
+    # su_budget = sum(AllocationChange.su_delta); su_used = sum(Usage.su_amount).
+    su_budget = su_field(default=0)
+    su_used = su_field(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["cluster__name", "name"]
+        indexes = [
+            # Admin queue and cluster commitment: a cluster's allocations by status.
+            models.Index(fields=["cluster", "status", "end"], name="alloc_cluster_status"),
+        ]
+        constraints = [
+            _status_check("allocation"),
+            models.UniqueConstraint(
+                fields=["cluster", "name"],
+                name="allocations_allocation_unique_account",
+                violation_error_message="This cluster already has an allocation with this name.",
+            ),
+            models.CheckConstraint(
+                condition=Q(su_budget__gte=0),
+                name="allocations_allocation_budget_not_negative",
+                violation_error_message="The SU budget cannot be negative.",
+            ),
+            models.CheckConstraint(
+                condition=Q(su_used__gte=0), name="allocations_allocation_used_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(end__gte=F("start")),
+                name="allocations_allocation_end_after_start",
+                violation_error_message="The end date cannot be before the start date.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.cluster.name}"
+
+    @property
+    def su_remaining(self):
+        return self.su_budget - self.su_used
+
+    @property
+    def is_overdrawn(self) -> bool:
+        return self.su_used > self.su_budget
+
+
+class ChangeRequest(models.Model):
+    class Kind(models.TextChoices):
+        NEW_ALLOCATION = "NEW", "New allocation"
+        CHANGE = "CHANGE", "Change"
+
+    class State(models.TextChoices):
+        PENDING = "PENDING", "Pending"
+        APPROVED = "APPROVED", "Approved"
+        REJECTED = "REJECTED", "Rejected"
+        CANCELLED = "CANCELLED", "Cancelled"
+
+    class Priority(models.IntegerChoices):
+        LOW = 1, "Low"
+        NORMAL = 2, "Normal"
+        HIGH = 3, "High"
+        URGENT = 4, "Urgent"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    allocation = models.ForeignKey(
+        Allocation, on_delete=models.PROTECT, related_name="change_requests"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.CHANGE)
+    # SUs to add (negative: to give back). Empty: the request does not touch the budget.
+    su_delta = su_field("SU change", null=True, blank=True)
+    requested_status = models.CharField(max_length=16, choices=Status.choices, blank=True)
+    requested_end = models.DateField(null=True, blank=True)
+    justification = models.TextField()
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="change_requests"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="decided_requests",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True)
+    # What was granted, when it differs from su_delta the approver says why.
+    su_approved = su_field(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [
+            # Admin queue: pending requests, highest priority first, then oldest.
+            models.Index(
+                F("priority").desc(),
+                "created",
+                condition=Q(state="PENDING"),
+                name="alloc_cr_pending_queue",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=["PENDING", "APPROVED", "REJECTED", "CANCELLED"]),
+                name="allocations_changerequest_valid_state",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["NEW", "CHANGE"]), name="allocations_changerequest_valid_kind"
+            ),
+            models.CheckConstraint(
+                condition=Q(requested_status="") | Q(requested_status__in=Status.values),
+                name="allocations_changerequest_valid_requested_status",
+            ),
+            models.CheckConstraint(
+                condition=Q(priority__gte=1, priority__lte=4),
+                name="allocations_changerequest_valid_priority",
+            ),
+            models.CheckConstraint(
+                condition=~Q(su_delta=0),
+                name="allocations_changerequest_delta_not_zero",
+                violation_error_message="A change of 0 SUs changes nothing.",
+            ),
+            models.CheckConstraint(
+                condition=~Q(
+                    su_delta__isnull=True, requested_status="", requested_end__isnull=True
+                ),
+                name="allocations_changerequest_asks_something",
+                violation_error_message="Ask for SUs, an end date or a status.",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="NEW") | Q(su_delta__gt=0),
+                name="allocations_changerequest_new_has_budget",
+                violation_error_message="A new allocation needs a positive SU amount.",
+            ),
+            models.CheckConstraint(
+                condition=Q(su_approved__isnull=True) | Q(state="APPROVED"),
+                name="allocations_changerequest_approved_amount_only_when_approved",
+            ),
+            # A decision has a decider and a time; a pending request has neither.
+            models.CheckConstraint(
+                condition=(Q(state="PENDING") & Q(decided_at__isnull=True))
+                | (~Q(state="PENDING") & Q(decided_at__isnull=False)),
+                name="allocations_changerequest_decided_iff_not_pending",
+            ),
+            models.UniqueConstraint(
+                fields=["allocation"],
+                condition=Q(state="PENDING", kind="NEW"),
+                name="allocations_changerequest_one_pending_new",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} request for {self.allocation.name} ({self.state})"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.state == self.State.PENDING
+
+
+class ChangeRequestEvent(models.Model):
+    class Kind(models.TextChoices):
+        CREATED = "CREATED", "Created"
+        COMMENTED = "COMMENTED", "Commented"
+        APPROVED = "APPROVED", "Approved"
+        REJECTED = "REJECTED", "Rejected"
+        CANCELLED = "CANCELLED", "Cancelled"
+
+    request = models.ForeignKey(ChangeRequest, on_delete=models.PROTECT, related_name="events")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    text = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}"
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["CREATED", "COMMENTED", "APPROVED", "REJECTED", "CANCELLED"]),
+                name="allocations_changerequestevent_valid_kind",
+            ),
+        ]
+
+
+class AllocationChange(models.Model):
+    """The diff: an append-only record of a change to an allocation's budget, status or dates.
+
+    su_delta is signed; su_budget is the budget after this change, so the latest row
+    states the current budget and the sum of deltas must equal it.
+    """
+
+    class Kind(models.TextChoices):
+        CREATED = "CREATED", "Created"
+        REQUEST = "REQUEST", "Request approved"
+        ADMIN = "ADMIN", "Set by an admin"
+        EXPIRY = "EXPIRY", "Expired"
+        IMPORT = "IMPORT", "Imported"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="changes")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    su_delta = su_field(default=0)
+    su_budget = su_field()
+    status = models.CharField(max_length=16, choices=Status.choices, blank=True)
+    start = models.DateField(null=True, blank=True)
+    end = models.DateField(null=True, blank=True)
+    change_request = models.ForeignKey(
+        ChangeRequest, on_delete=models.PROTECT, null=True, blank=True, related_name="changes"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    reason = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}: {self.su_delta:+} SU"
+
+    class Meta:
+        ordering = ["created", "id"]
+        indexes = [
+            # Allocation history page: an allocation's diffs in time order.
+            models.Index(fields=["allocation", "created"], name="alloc_change_history"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(su_budget__gte=0),
+                name="allocations_allocationchange_budget_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="") | Q(status__in=Status.values),
+                name="allocations_allocationchange_valid_status",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["CREATED", "REQUEST", "ADMIN", "EXPIRY", "IMPORT"]),
+                name="allocations_allocationchange_valid_kind",
+            ),
+            # One approval writes one diff, even if two admins click at once.
+            models.UniqueConstraint(
+                fields=["change_request"],
+                condition=Q(change_request__isnull=False),
+                name="allocations_allocationchange_one_per_request",
+            ),
+        ]
+
+
+class Membership(models.Model):
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="memberships"
+    )
+    # Empty: the member may use the whole pool.
+    su_cap = su_field("SU cap", null=True, blank=True)
+    start = models.DateField()
+    end = models.DateField(
+        null=True, blank=True, help_text="Inclusive; empty = the allocation's end."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # Maintained: sum(Usage.su_amount) of this user on this allocation.
+    su_used = su_field(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["allocation", "user__username"]
+        constraints = [
+            _status_check("membership"),
+            models.UniqueConstraint(
+                fields=["allocation", "user"],
+                name="allocations_membership_one_per_user",
+                violation_error_message="This user is already a member of this allocation.",
+            ),
+            models.CheckConstraint(
+                condition=Q(su_cap__isnull=True) | Q(su_cap__gte=0),
+                name="allocations_membership_cap_not_negative",
+                violation_error_message="A cap cannot be negative.",
+            ),
+            models.CheckConstraint(
+                condition=Q(su_used__gte=0), name="allocations_membership_used_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(end__isnull=True) | Q(end__gte=F("start")),
+                name="allocations_membership_end_after_start",
+                violation_error_message="The end date cannot be before the start date.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user.username} on {self.allocation.name}"
+
+
+class MembershipChange(models.Model):
+    """Append-only record of a change to a membership: added, cap, status, dates."""
+
+    class Kind(models.TextChoices):
+        ADDED = "ADDED", "Added"
+        CAP = "CAP", "Cap changed"
+        STATUS = "STATUS", "Status changed"
+
+    membership = models.ForeignKey(Membership, on_delete=models.PROTECT, related_name="changes")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    su_cap = su_field(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    reason = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}"
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["ADDED", "CAP", "STATUS"]),
+                name="allocations_membershipchange_valid_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(su_cap__isnull=True) | Q(su_cap__gte=0),
+                name="allocations_membershipchange_cap_not_negative",
+            ),
+        ]
+
+
+class Usage(models.Model):
+    """One job's consumption of one resource by one user: a fact, charged once.
+
+    raw_unit_seconds is exact (units x seconds, e.g. 4 GPUs x 3600 s = 14400); the SU
+    charge is derived from it with the rate in force at charged_at (conversion.py).
+    """
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="+")
+    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="usage")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    job_id = models.CharField(max_length=64)
+    resource = models.ForeignKey(Resource, on_delete=models.PROTECT, related_name="+")
+    raw_unit_seconds = models.DecimalField(max_digits=RAW_DIGITS, decimal_places=RAW_PLACES)
+    rate = models.ForeignKey(Rate, on_delete=models.PROTECT, related_name="+")
+    su_amount = su_field()
+    charged_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-charged_at", "-id"]
+        indexes = [
+            # Allocation jobs list and burn-down: an allocation's usage by time.
+            models.Index(fields=["allocation", "charged_at"], name="alloc_usage_alloc_time"),
+            # A member's own jobs and per-member usage over time.
+            models.Index(
+                fields=["allocation", "user", "charged_at"], name="alloc_usage_member_time"
+            ),
+            # Re-rating after a rate correction: usage of a resource within a window.
+            models.Index(fields=["resource", "charged_at"], name="alloc_usage_resource_time"),
+        ]
+        constraints = [
+            # Exactly-once charging: the same job reported again is a duplicate.
+            models.UniqueConstraint(
+                fields=["cluster", "job_id", "resource", "user"],
+                name="allocations_usage_one_per_job_resource_user",
+            ),
+            models.CheckConstraint(
+                condition=Q(su_amount__gte=0), name="allocations_usage_charge_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(raw_unit_seconds__gte=0), name="allocations_usage_raw_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True)
+                | Q(started_at__isnull=True)
+                | Q(ended_at__gte=F("started_at")),
+                name="allocations_usage_end_after_start",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} of {self.user_id} on {self.allocation_id}"

@@ -1,0 +1,59 @@
+"""Reads: who may see or act on what, and the querysets pages and the API share."""
+
+from django.db.models import Q, QuerySet
+
+from accounts.models import User
+from allocations.models import Allocation, ChangeRequest, Cluster, Membership, Project
+
+
+def user_manages_project(*, user: User, project: Project) -> bool:
+    """PI, a named manager (co-PI), or staff."""
+    if not user.is_authenticated:
+        return False
+    if user.is_staff or project.pi_id == user.pk:
+        return True
+    return project.managers.filter(pk=user.pk).exists()
+
+
+def user_administers_cluster(*, user: User, cluster: Cluster) -> bool:
+    if not user.is_authenticated:
+        return False
+    if user.is_staff:
+        return True
+    return cluster.admins.filter(pk=user.pk).exists()
+
+
+def project_list_for(*, user: User) -> QuerySet[Project]:
+    """Projects the user leads, manages, or holds a membership in."""
+    qs = Project.objects.select_related("pi")
+    if user.is_staff:
+        return qs
+    return qs.filter(
+        Q(pi=user) | Q(managers=user) | Q(allocations__memberships__user=user)
+    ).distinct()
+
+
+def allocation_list_for(*, user: User) -> QuerySet[Allocation]:
+    qs = Allocation.objects.select_related("project", "project__pi", "cluster")
+    if user.is_staff:
+        return qs
+    return qs.filter(
+        Q(project__pi=user)
+        | Q(project__managers=user)
+        | Q(memberships__user=user)
+        | Q(cluster__admins=user)
+    ).distinct()
+
+
+def pending_requests_for_admin(*, user: User) -> QuerySet[ChangeRequest]:
+    """The admin queue: pending requests on the user's clusters, by priority then age."""
+    qs = ChangeRequest.objects.filter(state=ChangeRequest.State.PENDING).select_related(
+        "allocation", "allocation__project", "allocation__cluster", "requester"
+    )
+    if not user.is_staff:
+        qs = qs.filter(allocation__cluster__admins=user)
+    return qs.order_by("-priority", "created")
+
+
+def membership_for(*, allocation: Allocation, user: User) -> Membership | None:
+    return Membership.objects.filter(allocation=allocation, user=user).first()

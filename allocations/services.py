@@ -1,0 +1,911 @@
+"""Every write to the allocation domain goes through a function here.
+
+Conventions:
+- keyword-only arguments; `actor` is the user acting (None for automated work);
+- refusals raise django.core.exceptions.ValidationError (field-level where a field is
+  to blame) or PermissionDenied, and leave the database unchanged;
+- lock order, to keep concurrent writers from deadlocking: Allocation, then
+  ChangeRequest, then Membership; several allocations in ascending id order.
+"""
+
+import bisect
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.models import User
+from allocations.conversion import parse_decimal, parse_rate, parse_su, su_for
+from allocations.models import (
+    RAW_DIGITS,
+    RAW_PLACES,
+    Allocation,
+    AllocationChange,
+    ChangeRequest,
+    ChangeRequestEvent,
+    Cluster,
+    Membership,
+    MembershipChange,
+    Project,
+    ProjectChange,
+    Rate,
+    Resource,
+    Status,
+    Usage,
+)
+from allocations.selectors import user_administers_cluster, user_manages_project
+
+State = ChangeRequest.State
+
+
+# --- permission guards ------------------------------------------------------------
+
+
+def _require_manager(actor: User, project: Project) -> None:
+    if not user_manages_project(user=actor, project=project):
+        raise PermissionDenied("Only the project's PI or managers may do this.")
+
+
+def _require_cluster_admin(actor: User, cluster: Cluster) -> None:
+    if not user_administers_cluster(user=actor, cluster=cluster):
+        raise PermissionDenied(f"Only admins of {cluster.name} may do this.")
+
+
+def _require_reason(reason: str, what: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": f"Say why you {what}."})
+    return reason
+
+
+def _su(value, field: str) -> Decimal:
+    return parse_su(value, field=field)
+
+
+def _lock_allocation(allocation_id: int) -> Allocation:
+    return (
+        Allocation.objects.select_for_update(of=("self",))
+        .select_related("cluster")
+        .get(pk=allocation_id)
+    )
+
+
+# --- projects -----------------------------------------------------------------------
+
+
+@transaction.atomic
+def project_create(
+    *,
+    actor: User,
+    title: str,
+    pi: User,
+    description: str = "",
+    origination: str = Project._meta.get_field("origination").default,
+    originated_id: str = "",
+) -> Project:
+    if not (actor.is_staff or actor.pk == pi.pk):
+        raise PermissionDenied("Only staff may create a project for someone else.")
+    project = Project(
+        title=title.strip(),
+        pi=pi,
+        description=description,
+        origination=origination,
+        originated_id=originated_id,
+    )
+    project.full_clean()
+    project.save()
+    ProjectChange.objects.create(
+        project=project, kind=ProjectChange.Kind.CREATED, status=project.status, actor=actor
+    )
+    return project
+
+
+@transaction.atomic
+def project_set_status(*, actor: User, project: Project, status: str, reason: str) -> Project:
+    """Freezing a project leaves its allocations untouched: charging checks all three
+    levels, so unfreezing restores exactly what was there before."""
+    may = (
+        actor.is_staff
+        or Cluster.objects.filter(allocations__project=project, admins=actor).exists()
+    )
+    if not may:
+        raise PermissionDenied("Only staff or an admin of one of its clusters may do this.")
+    if status not in Status.values:
+        raise ValidationError({"status": f"{status!r} is not a valid status."})
+    reason = _require_reason(reason, "change the project's status")
+    # Lock so two admins changing the status at once leave a history that matches.
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    if project.status == status:
+        raise ValidationError({"status": f"The project is already {status}."})
+    project.status = status
+    project.save(update_fields=["status"])
+    ProjectChange.objects.create(
+        project=project, kind=ProjectChange.Kind.STATUS, status=status, actor=actor, reason=reason
+    )
+    return project
+
+
+@transaction.atomic
+def project_add_manager(*, actor: User, project: Project, user: User) -> None:
+    if not (actor.is_staff or actor.pk == project.pi_id):
+        raise PermissionDenied("Only the PI may name managers.")
+    if user.pk == project.pi_id or project.managers.filter(pk=user.pk).exists():
+        raise ValidationError({"user": f"{user.username} already manages this project."})
+    project.managers.add(user)
+    ProjectChange.objects.create(
+        project=project, kind=ProjectChange.Kind.MANAGER_ADDED, subject=user, actor=actor
+    )
+
+
+@transaction.atomic
+def project_remove_manager(*, actor: User, project: Project, user: User) -> None:
+    if not (actor.is_staff or actor.pk == project.pi_id):
+        raise PermissionDenied("Only the PI may remove managers.")
+    if not project.managers.filter(pk=user.pk).exists():
+        raise ValidationError({"user": f"{user.username} is not a manager of this project."})
+    project.managers.remove(user)
+    ProjectChange.objects.create(
+        project=project, kind=ProjectChange.Kind.MANAGER_REMOVED, subject=user, actor=actor
+    )
+
+
+# --- allocations and their diffs ---------------------------------------------------
+
+
+def _apply_change(
+    *,
+    allocation: Allocation,
+    kind: str,
+    actor: User | None,
+    reason: str,
+    su_delta: Decimal = Decimal(0),
+    status: str = "",
+    end: dt.date | None = None,
+    change_request: ChangeRequest | None = None,
+) -> AllocationChange:
+    """Writes one diff and applies it. The caller must hold the allocation's row lock
+    (select_for_update), so the budget read here is the budget the diff builds on."""
+    new_budget = allocation.su_budget + su_delta
+    if new_budget < 0:
+        raise ValidationError(
+            {"su_delta": f"This would make the budget {new_budget} SUs; it cannot go below 0."}
+        )
+    if su_delta < 0 and new_budget < allocation.su_used:
+        raise ValidationError(
+            {
+                "su_delta": f"At most {max(allocation.su_budget - allocation.su_used, 0)} unused "
+                f"SUs can be given back; {allocation.su_used} SUs are already used."
+            }
+        )
+    if end is not None and end < allocation.start:
+        raise ValidationError(
+            {"end": f"The end date cannot be before the start date ({allocation.start})."}
+        )
+    if status and status not in Status.values:
+        raise ValidationError({"status": f"{status!r} is not a valid status."})
+    if not su_delta and not status and end is None:
+        raise ValidationError("The change changes nothing.")
+    change = AllocationChange.objects.create(
+        allocation=allocation,
+        kind=kind,
+        su_delta=su_delta,
+        su_budget=new_budget,
+        status=status,
+        end=end,
+        change_request=change_request,
+        actor=actor,
+        reason=reason,
+    )
+    allocation.su_budget = new_budget
+    fields = ["su_budget"]
+    if status:
+        allocation.status = status
+        fields.append("status")
+    if end is not None:
+        allocation.end = end
+        fields.append("end")
+    allocation.save(update_fields=fields)
+    return change
+
+
+@transaction.atomic
+def allocation_request_create(
+    *,
+    actor: User,
+    project: Project,
+    cluster: Cluster,
+    name: str,
+    resources: Iterable[Resource],
+    su_amount,
+    start: dt.date,
+    end: dt.date,
+    justification: str,
+    priority: int = ChangeRequest.Priority.NORMAL,
+) -> ChangeRequest:
+    """A PI asks for a new allocation: an INACTIVE allocation with a pending request
+    to make it ACTIVE with the SUs and dates asked for. The PI becomes its first member."""
+    _require_manager(actor, project)
+    if project.status != Status.ACTIVE:
+        raise ValidationError(
+            {"project": "New allocations can only be requested for an active project."}
+        )
+    su_amount = _su(su_amount, "su_amount")
+    if su_amount <= 0:
+        raise ValidationError({"su_amount": "Ask for a positive number of SUs."})
+    resources = list(resources)
+    if not resources:
+        raise ValidationError({"resources": "Choose at least one resource."})
+    foreign = [r.name for r in resources if r.cluster_id != cluster.pk]
+    if foreign:
+        raise ValidationError({"resources": f"Not on {cluster.name}: {', '.join(foreign)}."})
+    if not (justification or "").strip():
+        raise ValidationError({"justification": "Explain what the SUs are for."})
+    allocation = Allocation(
+        project=project, cluster=cluster, name=name, status=Status.INACTIVE, start=start, end=end
+    )
+    allocation.full_clean()
+    allocation.save()
+    allocation.resources.set(resources)
+    AllocationChange.objects.create(
+        allocation=allocation,
+        kind=AllocationChange.Kind.CREATED,
+        su_budget=0,
+        status=Status.INACTIVE,
+        start=start,
+        end=end,
+        actor=actor,
+        reason="Requested",
+    )
+    request = ChangeRequest(
+        allocation=allocation,
+        kind=ChangeRequest.Kind.NEW_ALLOCATION,
+        su_delta=su_amount,
+        requested_status=Status.ACTIVE,
+        requested_end=end,
+        justification=justification.strip(),
+        priority=priority,
+        requester=actor,
+    )
+    request.full_clean()
+    request.save()
+    ChangeRequestEvent.objects.create(
+        request=request, kind=ChangeRequestEvent.Kind.CREATED, actor=actor
+    )
+    _membership_create(allocation=allocation, user=project.pi, actor=actor, reason="PI")
+    return request
+
+
+@transaction.atomic
+def allocation_change_apply(
+    *,
+    actor: User | None,
+    allocation: Allocation,
+    reason: str,
+    su_delta=None,
+    status: str = "",
+    end: dt.date | None = None,
+    kind: str = AllocationChange.Kind.ADMIN,
+) -> AllocationChange:
+    """A change with no request behind it: an admin's top-up, freeze or extension, or an
+    automated workflow (expiry, imports) when actor is None."""
+    if actor is not None:
+        _require_cluster_admin(actor, allocation.cluster)
+    reason = _require_reason(reason, "make this change")
+    delta = _su(su_delta, "su_delta") if su_delta is not None else Decimal(0)
+    # Lock: a concurrent approval or top-up must build on this budget, not a stale one.
+    locked = _lock_allocation(allocation.pk)
+    if status == locked.status:
+        status = ""
+    change = _apply_change(
+        allocation=locked,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        su_delta=delta,
+        status=status,
+        end=end,
+    )
+    allocation.refresh_from_db()
+    return change
+
+
+def allocation_set_status(*, actor: User, allocation: Allocation, status: str, reason: str):
+    if status == allocation.status:
+        raise ValidationError({"status": f"The allocation is already {status}."})
+    return allocation_change_apply(actor=actor, allocation=allocation, status=status, reason=reason)
+
+
+# --- change requests ---------------------------------------------------------------
+
+
+@transaction.atomic
+def change_request_submit(
+    *,
+    actor: User,
+    allocation: Allocation,
+    justification: str,
+    su_delta=None,
+    requested_status: str = "",
+    requested_end: dt.date | None = None,
+    priority: int = ChangeRequest.Priority.NORMAL,
+) -> ChangeRequest:
+    _require_manager(actor, allocation.project)
+    if allocation.status == Status.DELETED:
+        raise ValidationError("This allocation is closed; request a new one instead.")
+    delta = _su(su_delta, "su_delta") if su_delta not in (None, "") else None
+    if delta is not None and delta < 0 and allocation.su_budget + delta < allocation.su_used:
+        raise ValidationError(
+            {"su_delta": f"At most {max(allocation.su_remaining, 0)} unused SUs can be given back."}
+        )
+    if requested_end is not None and requested_end < allocation.start:
+        raise ValidationError(
+            {"requested_end": f"The end date cannot be before the start date ({allocation.start})."}
+        )
+    if requested_status == allocation.status:
+        raise ValidationError(
+            {"requested_status": f"The allocation is already {requested_status}."}
+        )
+    if not (justification or "").strip():
+        raise ValidationError({"justification": "Explain why you ask for this change."})
+    request = ChangeRequest(
+        allocation=allocation,
+        kind=ChangeRequest.Kind.CHANGE,
+        su_delta=delta,
+        requested_status=requested_status or "",
+        requested_end=requested_end,
+        justification=justification.strip(),
+        priority=priority,
+        requester=actor,
+    )
+    request.full_clean()
+    request.save()
+    ChangeRequestEvent.objects.create(
+        request=request, kind=ChangeRequestEvent.Kind.CREATED, actor=actor
+    )
+    return request
+
+
+def _lock_request(request: ChangeRequest) -> tuple[Allocation, ChangeRequest]:
+    # Allocation first (the documented lock order), then the request: two admins
+    # deciding the same request at once queue here, and the second sees it decided.
+    allocation = _lock_allocation(request.allocation_id)
+    locked = ChangeRequest.objects.select_for_update().get(pk=request.pk)
+    return allocation, locked
+
+
+def _require_pending(request: ChangeRequest, verb: str) -> None:
+    if request.state != State.PENDING:
+        raise ValidationError(
+            f"This request is already {request.get_state_display().lower()}; "
+            f"only a pending request can be {verb}.",
+            code="not_pending",
+        )
+
+
+def _decide(request: ChangeRequest, *, actor: User, state: str, reason: str, kind: str) -> None:
+    request.state = state
+    request.decided_by = actor
+    request.decided_at = timezone.now()
+    request.decision_reason = reason
+    request.save(
+        update_fields=["state", "decided_by", "decided_at", "decision_reason", "su_approved"]
+    )
+    ChangeRequestEvent.objects.create(request=request, kind=kind, actor=actor, text=reason)
+
+
+@transaction.atomic
+def change_request_approve(
+    *, actor: User, request: ChangeRequest, su_approved=None, reason: str = ""
+) -> AllocationChange:
+    """Approves a pending request, possibly granting another amount (then a reason is
+    required): the diff, the allocation's new state, the decision and its event are
+    written in this one transaction."""
+    _require_cluster_admin(actor, request.allocation.cluster)
+    allocation, request = _lock_request(request)
+    _require_pending(request, "approved")
+    reason = (reason or "").strip()
+    granted = request.su_delta
+    if su_approved not in (None, ""):
+        granted = _su(su_approved, "su_approved")
+        if granted != request.su_delta and not reason:
+            raise ValidationError(
+                {"reason": "Say why you approve a different amount than requested."}
+            )
+    if request.kind == ChangeRequest.Kind.NEW_ALLOCATION and (granted is None or granted <= 0):
+        raise ValidationError({"su_approved": "A new allocation needs a positive SU amount."})
+    request.su_approved = granted
+    change = _apply_change(
+        allocation=allocation,
+        kind=AllocationChange.Kind.REQUEST,
+        actor=actor,
+        reason=reason or "Approved",
+        su_delta=granted or Decimal(0),
+        status=request.requested_status if request.requested_status != allocation.status else "",
+        end=request.requested_end,
+        change_request=request,
+    )
+    _decide(request, actor=actor, state=State.APPROVED, reason=reason, kind="APPROVED")
+    return change
+
+
+@transaction.atomic
+def change_request_reject(*, actor: User, request: ChangeRequest, reason: str) -> ChangeRequest:
+    _require_cluster_admin(actor, request.allocation.cluster)
+    reason = _require_reason(reason, "reject this request")
+    _, request = _lock_request(request)
+    _require_pending(request, "rejected")
+    _decide(request, actor=actor, state=State.REJECTED, reason=reason, kind="REJECTED")
+    return request
+
+
+@transaction.atomic
+def change_request_cancel(
+    *, actor: User, request: ChangeRequest, reason: str = ""
+) -> ChangeRequest:
+    if actor.pk != request.requester_id:
+        _require_manager(actor, request.allocation.project)
+    _, request = _lock_request(request)
+    _require_pending(request, "cancelled")
+    _decide(request, actor=actor, state=State.CANCELLED, reason=reason.strip(), kind="CANCELLED")
+    return request
+
+
+@transaction.atomic
+def change_request_comment(*, actor: User, request: ChangeRequest, text: str) -> ChangeRequestEvent:
+    allocation = request.allocation
+    if not (
+        user_manages_project(user=actor, project=allocation.project)
+        or user_administers_cluster(user=actor, cluster=allocation.cluster)
+        or actor.pk == request.requester_id
+    ):
+        raise PermissionDenied(
+            "Only the project's PI or managers and the cluster's admins may comment."
+        )
+    text = (text or "").strip()
+    if not text:
+        raise ValidationError({"text": "Write a comment."})
+    _require_pending(ChangeRequest.objects.get(pk=request.pk), "commented on")
+    return ChangeRequestEvent.objects.create(
+        request=request, kind=ChangeRequestEvent.Kind.COMMENTED, actor=actor, text=text
+    )
+
+
+# --- memberships ---------------------------------------------------------------------
+
+
+def _require_member_manager(actor: User, allocation: Allocation) -> None:
+    if not (
+        user_manages_project(user=actor, project=allocation.project)
+        or user_administers_cluster(user=actor, cluster=allocation.cluster)
+    ):
+        raise PermissionDenied("Only the project's PI or managers may manage members.")
+
+
+def _check_cap(allocation: Allocation, su_cap: Decimal | None) -> None:
+    if su_cap is not None and su_cap > allocation.su_budget and allocation.su_budget > 0:
+        raise ValidationError(
+            {
+                "su_cap": f"A cap of {su_cap} SUs is above the allocation's budget of "
+                f"{allocation.su_budget} SUs."
+            }
+        )
+
+
+def _membership_create(
+    *,
+    allocation: Allocation,
+    user: User,
+    actor: User | None,
+    su_cap: Decimal | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    reason: str = "",
+) -> Membership:
+    membership = Membership(
+        allocation=allocation, user=user, su_cap=su_cap, start=start or allocation.start, end=end
+    )
+    membership.full_clean()
+    membership.save()
+    MembershipChange.objects.create(
+        membership=membership,
+        kind=MembershipChange.Kind.ADDED,
+        su_cap=su_cap,
+        status=membership.status,
+        actor=actor,
+        reason=reason,
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_add(
+    *,
+    actor: User,
+    allocation: Allocation,
+    user: User,
+    su_cap=None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    reason: str = "",
+) -> Membership:
+    """Adds a member, or brings back one who was removed (a membership is never deleted)."""
+    _require_member_manager(actor, allocation)
+    cap = _su(su_cap, "su_cap") if su_cap not in (None, "") else None
+    if cap is not None and cap < 0:
+        raise ValidationError({"su_cap": "A cap cannot be negative."})
+    # Lock: the cap is checked against a budget that a concurrent approval may change.
+    allocation = _lock_allocation(allocation.pk)
+    _check_cap(allocation, cap)
+    existing = (
+        Membership.objects.select_for_update().filter(allocation=allocation, user=user).first()
+    )
+    if existing is None:
+        return _membership_create(
+            allocation=allocation,
+            user=user,
+            actor=actor,
+            su_cap=cap,
+            start=start,
+            end=end,
+            reason=reason,
+        )
+    if existing.status != Status.DELETED:
+        raise ValidationError(
+            {"user": f"{user.username} is already a member of {allocation.name}."}
+        )
+    existing.status = Status.ACTIVE
+    existing.su_cap = cap
+    existing.save(update_fields=["status", "su_cap"])
+    MembershipChange.objects.create(
+        membership=existing,
+        kind=MembershipChange.Kind.STATUS,
+        status=Status.ACTIVE,
+        su_cap=cap,
+        actor=actor,
+        reason=reason or "Added again",
+    )
+    return existing
+
+
+@transaction.atomic
+def membership_set_status(
+    *, actor: User, membership: Membership, status: str, reason: str = ""
+) -> Membership:
+    _require_member_manager(actor, membership.allocation)
+    if status not in Status.values:
+        raise ValidationError({"status": f"{status!r} is not a valid status."})
+    # Lock: two managers toggling the same member must leave matching history.
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    if membership.status == status:
+        raise ValidationError({"status": f"The membership is already {status}."})
+    membership.status = status
+    membership.save(update_fields=["status"])
+    MembershipChange.objects.create(
+        membership=membership,
+        kind=MembershipChange.Kind.STATUS,
+        status=status,
+        actor=actor,
+        reason=reason,
+    )
+    return membership
+
+
+def membership_remove(*, actor: User, membership: Membership, reason: str = "") -> Membership:
+    return membership_set_status(
+        actor=actor, membership=membership, status=Status.DELETED, reason=reason or "Removed"
+    )
+
+
+@transaction.atomic
+def membership_set_cap(
+    *, actor: User, membership: Membership, su_cap, reason: str = ""
+) -> Membership:
+    """Sets (or with su_cap=None clears) a member's cap on the shared budget."""
+    _require_member_manager(actor, membership.allocation)
+    cap = _su(su_cap, "su_cap") if su_cap not in (None, "") else None
+    if cap is not None and cap < 0:
+        raise ValidationError({"su_cap": "A cap cannot be negative."})
+    allocation = _lock_allocation(membership.allocation_id)
+    _check_cap(allocation, cap)
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    if membership.su_cap == cap:
+        raise ValidationError({"su_cap": "The cap is already set to this."})
+    membership.su_cap = cap
+    membership.save(update_fields=["su_cap"])
+    MembershipChange.objects.create(
+        membership=membership,
+        kind=MembershipChange.Kind.CAP,
+        su_cap=cap,
+        actor=actor,
+        reason=reason,
+    )
+    return membership
+
+
+# --- rates --------------------------------------------------------------------------
+
+
+def _describe_window(rate: Rate) -> str:
+    end = rate.end.strftime("%Y-%m-%d %H:%M") if rate.end else "open"
+    return (
+        f"{rate.start:%Y-%m-%d %H:%M} to {end} UTC "
+        f"({rate.su_per_unit_hour} SU per {rate.resource.unit}-hour)"
+    )
+
+
+def _check_no_overlap(resource: Resource, start, end, exclude_pk=None) -> None:
+    overlapping = Rate.objects.filter(resource=resource).filter(
+        Q(end__isnull=True) | Q(end__gt=start)
+    )
+    if end is not None:
+        overlapping = overlapping.filter(start__lt=end)
+    if exclude_pk is not None:
+        overlapping = overlapping.exclude(pk=exclude_pk)
+    clash = overlapping.select_related("resource").order_by("start").first()
+    if clash is not None:
+        raise ValidationError(
+            {"start": f"This window overlaps the rate window {_describe_window(clash)}."},
+            code="rate_overlap",
+        )
+
+
+@transaction.atomic
+def rate_add(
+    *,
+    actor: User | None,
+    resource: Resource,
+    su_per_unit_hour,
+    start: dt.datetime,
+    end: dt.datetime | None = None,
+    reason: str = "",
+) -> Rate:
+    if actor is not None:
+        _require_cluster_admin(actor, resource.cluster)
+    rate_value = parse_rate(su_per_unit_hour)
+    if rate_value < 0:
+        raise ValidationError({"su_per_unit_hour": "A rate cannot be negative."})
+    if end is not None and end <= start:
+        raise ValidationError({"end": "A rate window must end after it starts."})
+    # Lock the resource row so two concurrent inserts cannot both pass the overlap
+    # check (on PostgreSQL the exclusion constraint would also stop the second).
+    Resource.objects.select_for_update().get(pk=resource.pk)
+    _check_no_overlap(resource, start, end)
+    rate = Rate(
+        resource=resource,
+        su_per_unit_hour=rate_value,
+        start=start,
+        end=end,
+        reason=reason,
+        created_by=actor,
+    )
+    rate.full_clean()
+    rate.save()
+    return rate
+
+
+@transaction.atomic
+def rate_close(*, actor: User | None, rate: Rate, end: dt.datetime, reason: str = "") -> Rate:
+    """Ends a rate window at `end`. Usage already charged at this rate after `end`
+    would lose its rate, so such a close is refused."""
+    if actor is not None:
+        _require_cluster_admin(actor, rate.resource.cluster)
+    Resource.objects.select_for_update().get(pk=rate.resource_id)
+    rate = Rate.objects.select_related("resource").get(pk=rate.pk)
+    if end <= rate.start:
+        raise ValidationError(
+            {"end": f"The window starts at {rate.start:%Y-%m-%d %H:%M}; it must end after that."}
+        )
+    _check_no_overlap(rate.resource, rate.start, end, exclude_pk=rate.pk)
+    charged_after = Usage.objects.filter(rate=rate, charged_at__gte=end).count()
+    if charged_after:
+        raise ValidationError(
+            {"end": f"{charged_after} usage records were charged at this rate after that time."}
+        )
+    rate.end = end
+    rate.reason = "\n".join(filter(None, [rate.reason, reason]))
+    rate.save(update_fields=["end", "reason"])
+    return rate
+
+
+class RateBook:
+    """The rate windows of some resources, for finding the rate in force at a time
+    without a query per usage record."""
+
+    def __init__(self, resource_ids: Iterable[int]):
+        self._windows: dict[int, list[Rate]] = defaultdict(list)
+        for rate in Rate.objects.filter(resource_id__in=set(resource_ids)).order_by("start"):
+            self._windows[rate.resource_id].append(rate)
+        self._starts = {rid: [r.start for r in rates] for rid, rates in self._windows.items()}
+
+    def rate_at(self, resource_id: int, when: dt.datetime) -> Rate | None:
+        starts = self._starts.get(resource_id, [])
+        i = bisect.bisect_right(starts, when) - 1
+        if i < 0:
+            return None
+        rate = self._windows[resource_id][i]
+        return rate if rate.end is None or when < rate.end else None
+
+
+# --- usage ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageInput:
+    job_id: str
+    user: User
+    allocation: Allocation
+    resource: Resource
+    raw_unit_seconds: Decimal
+    charged_at: dt.datetime
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class UsageBatchResult:
+    created: int
+    duplicates: int
+    su_charged: Decimal
+
+
+class BatchRejected(ValidationError):
+    """A batch with at least one bad record: nothing was written. `errors` lists
+    {"index", "field", "message"} for every bad record."""
+
+    def __init__(self, errors: list[dict]):
+        self.errors = errors
+        super().__init__(
+            [f"record {e['index']}: {e['message']}" for e in errors], code="batch_rejected"
+        )
+
+
+def _usage_key(cluster_id: int, rec: UsageInput) -> tuple:
+    return (cluster_id, rec.job_id, rec.resource.pk, rec.user.pk)
+
+
+@transaction.atomic
+def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> UsageBatchResult:
+    """Charges a batch of usage, all or nothing. Jobs already charged (same cluster,
+    job, resource and user, same amount) are counted as duplicates and not charged again."""
+    errors: list[dict] = []
+    rates = RateBook(rec.resource.pk for rec in records)
+    alloc_ids = {rec.allocation.pk for rec in records}
+    memberships = {
+        (alloc_id, user_id): pk
+        for pk, alloc_id, user_id in Membership.objects.filter(
+            allocation_id__in=alloc_ids, user_id__in={rec.user.pk for rec in records}
+        ).values_list("pk", "allocation_id", "user_id")
+    }
+    resources_of = defaultdict(set)
+    for alloc_id, res_id in Allocation.resources.through.objects.filter(
+        allocation_id__in=alloc_ids
+    ).values_list("allocation_id", "resource_id"):
+        resources_of[alloc_id].add(res_id)
+
+    seen: set[tuple] = set()
+    charges: list[tuple[int, UsageInput, Decimal, Rate, Decimal]] = []
+    for index, rec in enumerate(records):
+
+        def bad(field: str, message: str, index=index) -> None:
+            errors.append({"index": index, "field": field, "message": message})
+
+        key = _usage_key(cluster.pk, rec)
+        if key in seen:
+            bad(
+                "job_id",
+                f"job {rec.job_id} appears twice in this batch for the same user and resource",
+            )
+            continue
+        seen.add(key)
+        if rec.allocation.cluster_id != cluster.pk:
+            bad("allocation", f"allocation {rec.allocation.name} is not on {cluster.name}")
+            continue
+        if rec.resource.cluster_id != cluster.pk:
+            bad("resource", f"resource {rec.resource.name} is not on {cluster.name}")
+            continue
+        if rec.resource.pk not in resources_of[rec.allocation.pk]:
+            bad(
+                "resource", f"allocation {rec.allocation.name} does not include {rec.resource.name}"
+            )
+            continue
+        if (rec.allocation.pk, rec.user.pk) not in memberships:
+            bad("user", f"{rec.user.username} is not a member of {rec.allocation.name}")
+            continue
+        try:
+            raw = parse_decimal(
+                rec.raw_unit_seconds, field="raw_unit_seconds", places=RAW_PLACES, digits=RAW_DIGITS
+            )
+        except ValidationError as exc:
+            bad("raw_unit_seconds", exc.messages[0])
+            continue
+        if raw < 0:
+            bad("raw_unit_seconds", "the raw amount cannot be negative")
+            continue
+        if timezone.is_naive(rec.charged_at):
+            bad("charged_at", "the charge time needs a time zone")
+            continue
+        if rec.started_at and rec.ended_at and rec.ended_at < rec.started_at:
+            bad("ended_at", "the job ends before it starts")
+            continue
+        rate = rates.rate_at(rec.resource.pk, rec.charged_at)
+        if rate is None:
+            bad(
+                "charged_at",
+                f"no rate for {rec.resource.name} on {cluster.name} at "
+                f"{rec.charged_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC",
+            )
+            continue
+        charges.append((index, rec, raw, rate, su_for(raw, rate.su_per_unit_hour)))
+    if errors:
+        raise BatchRejected(errors)
+
+    # Lock every allocation the batch charges, in id order (see the module docstring):
+    # a concurrent batch with the same jobs waits here, then sees them as duplicates.
+    list(Allocation.objects.select_for_update().filter(pk__in=alloc_ids).order_by("pk"))
+
+    existing = {
+        (cluster.pk, job_id, res_id, user_id): raw
+        for job_id, res_id, user_id, raw in Usage.objects.filter(
+            cluster=cluster, job_id__in={rec.job_id for _, rec, _, _, _ in charges}
+        ).values_list("job_id", "resource_id", "user_id", "raw_unit_seconds")
+    }
+    new_rows: list[Usage] = []
+    duplicates = 0
+    for index, rec, raw, rate, su in charges:
+        key = _usage_key(cluster.pk, rec)
+        if key in existing:
+            if existing[key] != raw:
+                errors.append(
+                    {
+                        "index": index,
+                        "field": "raw_unit_seconds",
+                        "message": f"job {rec.job_id} was already charged for {existing[key]} "
+                        f"unit-seconds, not {raw}",
+                    }
+                )
+            duplicates += 1
+            continue
+        new_rows.append(
+            Usage(
+                cluster=cluster,
+                allocation=rec.allocation,
+                user=rec.user,
+                job_id=rec.job_id,
+                resource=rec.resource,
+                raw_unit_seconds=raw,
+                rate=rate,
+                su_amount=su,
+                charged_at=rec.charged_at,
+                started_at=rec.started_at,
+                ended_at=rec.ended_at,
+            )
+        )
+    if errors:
+        raise BatchRejected(errors)
+    Usage.objects.bulk_create(new_rows, batch_size=2000)
+
+    per_allocation: dict[int, Decimal] = defaultdict(Decimal)
+    per_member: dict[int, Decimal] = defaultdict(Decimal)
+    for row in new_rows:
+        per_allocation[row.allocation_id] += row.su_amount
+        per_member[memberships[(row.allocation_id, row.user_id)]] += row.su_amount
+    for alloc_id, total in per_allocation.items():
+        Allocation.objects.filter(pk=alloc_id).update(su_used=F("su_used") + total)
+    for member_id, total in per_member.items():
+        Membership.objects.filter(pk=member_id).update(su_used=F("su_used") + total)
+    return UsageBatchResult(
+        created=len(new_rows),
+        duplicates=duplicates,
+        su_charged=sum(per_allocation.values(), Decimal(0)),
+    )
+
+
+def usage_record(*, cluster: Cluster, record: UsageInput) -> UsageBatchResult:
+    """Records one job's usage: a batch of one, so there is one charging path."""
+    return usage_record_batch(cluster=cluster, records=[record])

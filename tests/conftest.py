@@ -1,0 +1,128 @@
+"""Shared fixtures. Every permission test uses the same three people:
+alice (the PI who owns the project), bob (a member of her allocation) and
+charlie (an outsider). dana administers the cluster; staff is a site admin."""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from accounts.services import organization_create, user_create
+from allocations import services
+from allocations.models import Cluster, Resource
+
+START = dt.date(2026, 1, 1)
+END = dt.date(2026, 12, 31)
+RATE_START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def org(db):
+    return organization_create(name="State University")
+
+
+def make_user(username: str, org=None, **kwargs):
+    return user_create(
+        username=username,
+        email=f"{username}@example.edu",
+        password="pw-" + username * 2,
+        organization=org,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def alice(org):
+    return make_user("alice", org, first_name="Alice", last_name="Archer")
+
+
+@pytest.fixture
+def bob(org):
+    return make_user("bob", org, first_name="Bob", last_name="Baker")
+
+
+@pytest.fixture
+def charlie(org):
+    return make_user("charlie", org, first_name="Charlie", last_name="Cole")
+
+
+@pytest.fixture
+def dana(org):
+    """Admin of the GPU cluster."""
+    return make_user("dana", org, first_name="Dana", last_name="Diaz")
+
+
+@pytest.fixture
+def staff(org):
+    return make_user("root", org, is_staff=True, is_superuser=False)
+
+
+@pytest.fixture
+def cluster(db, dana):
+    cluster = Cluster.objects.create(name="gpu1", title="GPU cluster", su_capacity_per_month=100000)
+    cluster.admins.add(dana)
+    return cluster
+
+
+@pytest.fixture
+def gpu(cluster):
+    resource = Resource.objects.create(
+        cluster=cluster, name="GPU H200", kind="GPU", unit="GPU", amount=64
+    )
+    services.rate_add(
+        actor=None, resource=resource, su_per_unit_hour=Decimal("2"), start=RATE_START
+    )
+    return resource
+
+
+@pytest.fixture
+def cpu(cluster):
+    resource = Resource.objects.create(
+        cluster=cluster, name="CPU", kind="CPU", unit="core", amount=4096
+    )
+    services.rate_add(
+        actor=None, resource=resource, su_per_unit_hour=Decimal("0.01"), start=RATE_START
+    )
+    return resource
+
+
+@pytest.fixture
+def project(alice):
+    return services.project_create(actor=alice, title="Protein folding", pi=alice)
+
+
+@pytest.fixture
+def pending_request(alice, project, cluster, gpu, cpu):
+    return services.allocation_request_create(
+        actor=alice,
+        project=project,
+        cluster=cluster,
+        name="folding-gpu",
+        resources=[gpu, cpu],
+        su_amount="1000",
+        start=START,
+        end=END,
+        justification="Training runs",
+    )
+
+
+@pytest.fixture
+def allocation(pending_request, dana, bob, alice):
+    """An ACTIVE 1,000 SU allocation with alice (PI, no cap) and bob (cap 300) as members."""
+    services.change_request_approve(actor=dana, request=pending_request)
+    allocation = pending_request.allocation
+    allocation.refresh_from_db()
+    services.membership_add(actor=alice, allocation=allocation, user=bob, su_cap="300")
+    return allocation
+
+
+def usage(allocation, user, resource, job_id: str, unit_hours, when=None):
+    return services.UsageInput(
+        job_id=job_id,
+        user=user,
+        allocation=allocation,
+        resource=resource,
+        raw_unit_seconds=Decimal(str(unit_hours)) * 3600,
+        charged_at=when or timezone.make_aware(dt.datetime(2026, 3, 1, 12)),
+    )
