@@ -112,9 +112,6 @@ class ProjectChange(models.Model):
     reason = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
-    def __str__(self) -> str:
-        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}"
-
     class Meta:
         ordering = ["created", "id"]
         constraints = [
@@ -123,6 +120,9 @@ class ProjectChange(models.Model):
                 name="allocations_projectchange_valid_kind",
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}"
 
 
 class Cluster(models.Model):
@@ -416,9 +416,6 @@ class ChangeRequestEvent(models.Model):
     text = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
-    def __str__(self) -> str:
-        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}"
-
     class Meta:
         ordering = ["created", "id"]
         constraints = [
@@ -427,6 +424,9 @@ class ChangeRequestEvent(models.Model):
                 name="allocations_changerequestevent_valid_kind",
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}"
 
 
 class AllocationChange(models.Model):
@@ -464,9 +464,6 @@ class AllocationChange(models.Model):
     reason = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
-    def __str__(self) -> str:
-        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}: {self.su_delta:+} SU"
-
     class Meta:
         ordering = ["created", "id"]
         indexes = [
@@ -493,6 +490,9 @@ class AllocationChange(models.Model):
                 name="allocations_allocationchange_one_per_request",
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}: {self.su_delta:+} SU"
 
 
 class Membership(models.Model):
@@ -562,9 +562,6 @@ class MembershipChange(models.Model):
     reason = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
-    def __str__(self) -> str:
-        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}"
-
     class Meta:
         ordering = ["created", "id"]
         constraints = [
@@ -577,6 +574,9 @@ class MembershipChange(models.Model):
                 name="allocations_membershipchange_cap_not_negative",
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.created:%Y-%m-%d}"
 
 
 class Usage(models.Model):
