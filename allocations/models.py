@@ -1,4 +1,4 @@
-"""The allocation domain (see docs/domain.md for the rules in prose).
+"""The allocation domain (README.md states the rules in prose).
 
 Money model, in one paragraph: an Allocation is an SU budget. Its budget is never
 edited in place: every change to budget, status or dates is an AllocationChange row
