@@ -1,7 +1,11 @@
 """Recomputes maintained totals from the records they summarise.
 
 The totals on Allocation and Membership are updated in the same transaction as the
-records, so they should never drift; this is the proof, run by `verify_ledger`.
+records, so they should never drift; this is the proof, run by `verify_ledger`:
+- su_budget = sum of the allocation's diffs' deltas = the latest diff's budget;
+- su_used = usage charges + their adjustments (refunds, re-rating, corrections);
+- su_held = open holds;
+per allocation, and per member for su_used and su_held.
 """
 
 from dataclasses import dataclass
@@ -11,7 +15,14 @@ from django.db.models import DecimalField, OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
 from allocations.conversion import SU_DIGITS, SU_PLACES, SU_QUANTUM
-from allocations.models import Allocation, AllocationChange, Membership, Usage
+from allocations.models import (
+    Allocation,
+    AllocationChange,
+    Hold,
+    Membership,
+    Usage,
+    UsageAdjustment,
+)
 
 _SU = DecimalField(max_digits=SU_DIGITS, decimal_places=SU_PLACES)
 _ZERO = Value(Decimal(0), output_field=_SU)
@@ -33,10 +44,11 @@ class Drift:
         return f"{self.what} {self.code}: {self.field} is {stored}, records say {recomputed}"
 
 
-def _sum_of(model, field: str, **outer):
+def _sum_of(queryset, field: str, **outer):
+    """A correlated subquery: sum(field) over queryset rows matching the outer row."""
     return Coalesce(
         Subquery(
-            model.objects.filter(**{k: OuterRef(v) for k, v in outer.items()})
+            queryset.filter(**{k: OuterRef(v) for k, v in outer.items()})
             .order_by()
             .values(*outer)
             .annotate(total=Sum(field))
@@ -55,24 +67,48 @@ def _latest_budget():
     )
 
 
+_OPEN_HOLDS = Hold.objects.filter(state=Hold.State.OPEN)
+
+
 def ledger_drift() -> list[Drift]:
     drifts: list[Drift] = []
+
+    def compare(what, code, field, stored, recomputed):
+        if recomputed is not None and stored != recomputed:
+            drifts.append(Drift(what, str(code), field, stored, recomputed))
+
     allocations = Allocation.objects.annotate(
-        deltas=_sum_of(AllocationChange, "su_delta", allocation="pk"),
+        deltas=_sum_of(AllocationChange.objects, "su_delta", allocation="pk"),
         latest=_latest_budget(),
-        usage_total=_sum_of(Usage, "su_amount", allocation="pk"),
-    ).values_list("code", "su_budget", "su_used", "deltas", "latest", "usage_total")
-    for code, budget, used, deltas, latest, usage_total in allocations.iterator():
-        if budget != deltas:
-            drifts.append(Drift("allocation", str(code), "su_budget", budget, deltas))
-        if latest is not None and budget != latest:
-            drifts.append(Drift("allocation", str(code), "su_budget (latest diff)", budget, latest))
-        if used != usage_total:
-            drifts.append(Drift("allocation", str(code), "su_used", used, usage_total))
+        charged=_sum_of(Usage.objects, "su_amount", allocation="pk"),
+        adjusted=_sum_of(UsageAdjustment.objects, "su_delta", allocation="pk"),
+        held=_sum_of(_OPEN_HOLDS, "su_amount", allocation="pk"),
+    ).values_list(
+        "code", "su_budget", "su_used", "su_held", "deltas", "latest", "charged", "adjusted", "held"
+    )
+    for (
+        code,
+        budget,
+        used,
+        held,
+        deltas,
+        latest,
+        charged,
+        adjusted,
+        open_held,
+    ) in allocations.iterator():
+        compare("allocation", code, "su_budget", budget, deltas)
+        compare("allocation", code, "su_budget (latest diff)", budget, latest)
+        compare("allocation", code, "su_used", used, charged + adjusted)
+        compare("allocation", code, "su_held", held, open_held)
+
+    member = {"allocation": "allocation_id", "user": "user_id"}
     memberships = Membership.objects.annotate(
-        usage_total=_sum_of(Usage, "su_amount", allocation="allocation_id", user="user_id")
-    ).values_list("code", "su_used", "usage_total")
-    for code, used, usage_total in memberships.iterator():
-        if used != usage_total:
-            drifts.append(Drift("membership", str(code), "su_used", used, usage_total))
+        charged=_sum_of(Usage.objects, "su_amount", **member),
+        adjusted=_sum_of(UsageAdjustment.objects, "su_delta", **member),
+        held=_sum_of(_OPEN_HOLDS, "su_amount", **member),
+    ).values_list("code", "su_used", "su_held", "charged", "adjusted", "held")
+    for code, used, held, charged, adjusted, open_held in memberships.iterator():
+        compare("membership", code, "su_used", used, charged + adjusted)
+        compare("membership", code, "su_held", held, open_held)
     return drifts

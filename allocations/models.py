@@ -243,9 +243,11 @@ class Allocation(models.Model):
     end = models.DateField()
     resources = models.ManyToManyField(Resource, related_name="allocations")
     # Maintained totals (services.py keeps them in step with their records):
-    # su_budget = sum(AllocationChange.su_delta); su_used = sum(Usage.su_amount).
+    # su_budget = sum(AllocationChange.su_delta); su_used = sum of usage charges and
+    # their adjustments; su_held = sum(Hold.su_amount) of open holds.
     su_budget = su_field(default=0)
     su_used = su_field(default=0)
+    su_held = su_field(default=0)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -270,6 +272,9 @@ class Allocation(models.Model):
                 condition=Q(su_used__gte=0), name="allocations_allocation_used_not_negative"
             ),
             models.CheckConstraint(
+                condition=Q(su_held__gte=0), name="allocations_allocation_held_not_negative"
+            ),
+            models.CheckConstraint(
                 condition=Q(end__gte=F("start")),
                 name="allocations_allocation_end_after_start",
                 violation_error_message="The end date cannot be before the start date.",
@@ -281,11 +286,11 @@ class Allocation(models.Model):
 
     @property
     def su_remaining(self):
-        return self.su_budget - self.su_used
+        return self.su_budget - self.su_used - self.su_held
 
     @property
     def is_overdrawn(self) -> bool:
-        return self.su_used > self.su_budget
+        return self.su_remaining < 0
 
 
 class ChangeRequest(models.Model):
@@ -508,8 +513,9 @@ class Membership(models.Model):
         null=True, blank=True, help_text="Inclusive; empty = the allocation's end."
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    # Maintained: sum(Usage.su_amount) of this user on this allocation.
+    # Maintained: this user's usage charges (with adjustments) and open holds here.
     su_used = su_field(default=0)
+    su_held = su_field(default=0)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -528,6 +534,9 @@ class Membership(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(su_used__gte=0), name="allocations_membership_used_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(su_held__gte=0), name="allocations_membership_held_not_negative"
             ),
             models.CheckConstraint(
                 condition=Q(end__isnull=True) | Q(end__gte=F("start")),
@@ -633,3 +642,161 @@ class Usage(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} of {self.user_id} on {self.allocation_id}"
+
+
+class UsageAdjustment(models.Model):
+    """An append-only correction of one usage charge; the original charge stays as it was.
+
+    A usage record's effective charge is su_amount plus the su_delta of its adjustments.
+    """
+
+    class Kind(models.TextChoices):
+        REFUND = "REFUND", "Refund"
+        RERATE = "RERATE", "Re-rated after a rate correction"
+        CORRECTION = "CORRECTION", "Usage corrected by the importer"
+
+    usage = models.ForeignKey(Usage, on_delete=models.PROTECT, related_name="adjustments")
+    # Denormalised from usage so balances and rollups can sum by allocation and member
+    # without joining the usage table.
+    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    su_delta = su_field()
+    # The raw amount and rate the charge now stands on (for RERATE and CORRECTION).
+    raw_unit_seconds = models.DecimalField(
+        max_digits=RAW_DIGITS, decimal_places=RAW_PLACES, null=True, blank=True
+    )
+    rate = models.ForeignKey(
+        Rate, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    reason = models.TextField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        indexes = [
+            # verify_ledger and balance rebuilds: adjustments of an allocation.
+            models.Index(fields=["allocation", "user"], name="alloc_adjust_member"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["REFUND", "RERATE", "CORRECTION"]),
+                name="allocations_usageadjustment_valid_kind",
+            ),
+            # A job is refunded at most once.
+            models.UniqueConstraint(
+                fields=["usage"],
+                condition=Q(kind="REFUND"),
+                name="allocations_usageadjustment_one_refund",
+                violation_error_message="This job has already been refunded.",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="REFUND") | Q(su_delta__lte=0),
+                name="allocations_usageadjustment_refund_not_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.su_delta} SU on usage {self.usage_id}"
+
+
+class RateCorrection(models.Model):
+    """Append-only record of an admin correcting a rate window's value after the fact."""
+
+    rate = models.ForeignKey(Rate, on_delete=models.PROTECT, related_name="corrections")
+    old_su_per_unit_hour = models.DecimalField(max_digits=RATE_DIGITS, decimal_places=RATE_PLACES)
+    new_su_per_unit_hour = models.DecimalField(max_digits=RATE_DIGITS, decimal_places=RATE_PLACES)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    reason = models.TextField()
+    created = models.DateTimeField(auto_now_add=True)
+    # Set by the re-rating task once every affected usage record has its adjustment.
+    rerated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(new_su_per_unit_hour__gte=0),
+                name="allocations_ratecorrection_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.old_su_per_unit_hour} -> {self.new_su_per_unit_hour} on {self.created:%Y-%m-%d}"
+        )
+
+
+class Hold(models.Model):
+    """A lien: SUs reserved for a job between admission and its usage arriving."""
+
+    class State(models.TextChoices):
+        OPEN = "OPEN", "Open"
+        SETTLED = "SETTLED", "Settled by usage"
+        RELEASED = "RELEASED", "Released"
+        EXPIRED = "EXPIRED", "Expired"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="+")
+    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="holds")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    resource = models.ForeignKey(Resource, on_delete=models.PROTECT, related_name="+")
+    job_id = models.CharField(max_length=64)
+    su_amount = su_field()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    created = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [
+            # The stale-hold sweep: open holds past their expiry.
+            models.Index(
+                fields=["expires_at"], condition=Q(state="OPEN"), name="alloc_hold_open_expiry"
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=["OPEN", "SETTLED", "RELEASED", "EXPIRED"]),
+                name="allocations_hold_valid_state",
+            ),
+            models.CheckConstraint(
+                condition=Q(su_amount__gt=0), name="allocations_hold_amount_positive"
+            ),
+            # One open hold per job: a scheduler retrying its request gets a clear refusal.
+            models.UniqueConstraint(
+                fields=["cluster", "job_id"],
+                condition=Q(state="OPEN"),
+                name="allocations_hold_one_open_per_job",
+                violation_error_message="This job already has an open hold.",
+            ),
+            models.CheckConstraint(
+                condition=(Q(state="OPEN") & Q(closed_at__isnull=True))
+                | (~Q(state="OPEN") & Q(closed_at__isnull=False)),
+                name="allocations_hold_closed_iff_not_open",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold of {self.su_amount} SU for job {self.job_id} ({self.state})"
