@@ -2,4 +2,10 @@
 
 from rest_framework.routers import DefaultRouter
 
+from allocations import api as allocations_api
+
 router = DefaultRouter()
+router.register("allocations", allocations_api.AllocationViewSet, basename="allocation")
+router.register("admission", allocations_api.AdmissionViewSet, basename="admission")
+router.register("holds", allocations_api.HoldViewSet, basename="hold")
+router.register("refunds", allocations_api.RefundViewSet, basename="refund")

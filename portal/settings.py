@@ -150,3 +150,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {"allocations": {"level": envsecret("LOG_LEVEL") or "INFO"}},
 }
+
+# Holds (liens) reserve a job's estimate until its usage arrives; one left open longer
+# than the job's wall time plus this grace (or the default, without a wall time) is
+# released by the scheduled sweep.
+HOLD_GRACE_HOURS = envint("HOLD_GRACE_HOURS", 24)
+HOLD_DEFAULT_TTL_HOURS = envint("HOLD_DEFAULT_TTL_HOURS", 7 * 24)

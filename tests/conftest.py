@@ -17,6 +17,12 @@ END = dt.date(2026, 12, 31)
 RATE_START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The real hasher is slow by design; tests only need passwords to round-trip.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def org(db):
     return organization_create(name="State University")

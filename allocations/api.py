@@ -1,0 +1,209 @@
+"""The ledger's API: allocations and balances, admission checks, holds and refunds."""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.response import Response
+
+from accounts.models import ApiToken
+from allocations import admission as admission_service
+from allocations.adjustments import usage_refund
+from allocations.admission import UNKNOWN, Admission, AdmissionRefused
+from allocations.models import Cluster, Hold, Membership
+from allocations.selectors import (
+    allocation_list_for,
+    allocation_list_for_cluster,
+    user_administers_cluster,
+    user_manages_project,
+)
+from allocations.serializers import (
+    AdjustmentOutputSerializer,
+    AdmissionOutputSerializer,
+    AllocationOutputSerializer,
+    BalanceSerializer,
+    EstimateSerializer,
+    HoldInputSerializer,
+    HoldOutputSerializer,
+    MemberBalanceSerializer,
+    RefundInputSerializer,
+)
+
+
+def cluster_for(request, name: str) -> Cluster:
+    """The cluster named in a scheduler-facing request, if the caller may act for it:
+    an importer token of that cluster, or one of its admins."""
+    token = request.auth if isinstance(request.auth, ApiToken) else None
+    if token is not None:
+        if token.cluster.name != name:
+            raise PermissionDenied("This token belongs to another cluster.")
+        return token.cluster
+    cluster = Cluster.objects.filter(name=name).first()
+    if cluster is None:
+        raise NotFound({"detail": f"No cluster named {name!r}.", "reason": "unknown_cluster"})
+    if not user_administers_cluster(user=request.user, cluster=cluster):
+        raise PermissionDenied("Only this cluster's importer token or its admins may do this.")
+    return cluster
+
+
+def _actor(request):
+    return None if isinstance(request.auth, ApiToken) else request.user
+
+
+def _refusal_response(result: Admission) -> Response:
+    code = status.HTTP_404_NOT_FOUND if result.reason in UNKNOWN else status.HTTP_409_CONFLICT
+    return Response(AdmissionOutputSerializer(result).data, status=code)
+
+
+class AdmissionViewSet(viewsets.ViewSet):
+    """May a user charge an allocation for about this much on a resource now?"""
+
+    @extend_schema(
+        request=EstimateSerializer,
+        responses={
+            200: AdmissionOutputSerializer,
+            404: OpenApiResponse(AdmissionOutputSerializer, description="A name is unknown."),
+            409: OpenApiResponse(AdmissionOutputSerializer, description="Refused; see reason."),
+        },
+    )
+    def create(self, request):
+        data = EstimateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        cluster = cluster_for(request, v["cluster"])
+        result = admission_service.admission_check(
+            cluster=cluster,
+            username=v["user"],
+            account=v["allocation"],
+            resource=v["resource"],
+            estimate_su=v.get("estimate_su"),
+            count=v.get("count"),
+            wall_seconds=v.get("wall_seconds"),
+        )
+        if not result.allowed:
+            return _refusal_response(result)
+        return Response(AdmissionOutputSerializer(result).data)
+
+
+class HoldViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Holds (liens): SUs reserved for a job until its usage arrives or it is released."""
+
+    serializer_class = HoldOutputSerializer
+    lookup_field = "code"
+
+    def get_queryset(self):
+        qs = Hold.objects.select_related("cluster", "allocation", "user", "resource")
+        if isinstance(self.request.auth, ApiToken):
+            return qs.filter(cluster=self.request.auth.cluster)
+        if self.request.user.is_staff:
+            return qs
+        return qs.filter(cluster__admins=self.request.user)
+
+    @extend_schema(
+        request=HoldInputSerializer,
+        responses={
+            201: HoldOutputSerializer,
+            404: AdmissionOutputSerializer,
+            409: AdmissionOutputSerializer,
+        },
+    )
+    def create(self, request):
+        data = HoldInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        cluster = cluster_for(request, v["cluster"])
+        try:
+            hold, _ = admission_service.hold_create(
+                cluster=cluster,
+                actor=_actor(request),
+                username=v["user"],
+                account=v["allocation"],
+                resource=v["resource"],
+                job_id=v["job_id"],
+                estimate_su=v.get("estimate_su"),
+                count=v.get("count"),
+                wall_seconds=v.get("wall_seconds"),
+            )
+        except AdmissionRefused as refused:
+            return _refusal_response(refused.admission)
+        return Response(HoldOutputSerializer(hold).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: HoldOutputSerializer})
+    def destroy(self, request, code=None):
+        """Releases the hold early (the job was cancelled or never started)."""
+        hold = self.get_object()
+        hold = admission_service.hold_release(hold=hold)
+        return Response(HoldOutputSerializer(hold).data)
+
+
+class RefundViewSet(viewsets.ViewSet):
+    @extend_schema(
+        request=RefundInputSerializer, responses={201: AdjustmentOutputSerializer(many=True)}
+    )
+    def create(self, request):
+        """Refunds a job in full (node failure, preemption); a job is refunded once."""
+        data = RefundInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        if isinstance(request.auth, ApiToken):
+            raise PermissionDenied("Refunds are decided by a cluster admin, not an importer.")
+        cluster = cluster_for(request, v["cluster"])
+        adjustments = usage_refund(
+            actor=request.user,
+            cluster=cluster,
+            job_id=v["job_id"],
+            username=v.get("user") or None,
+            reason=v["reason"],
+        )
+        return Response(
+            AdjustmentOutputSerializer(adjustments, many=True).data, status=status.HTTP_201_CREATED
+        )
+
+
+class AllocationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Allocations the caller may see, with their balances."""
+
+    serializer_class = AllocationOutputSerializer
+    lookup_field = "code"
+
+    def get_queryset(self):
+        if isinstance(self.request.auth, ApiToken):
+            return allocation_list_for_cluster(cluster=self.request.auth.cluster)
+        return allocation_list_for(user=self.request.user)
+
+    @extend_schema(responses={200: BalanceSerializer})
+    @action(detail=True, methods=["get"])
+    def balance(self, request, code=None):
+        """The allocation's balance, and the caller's own as a member (or, for the PI,
+        managers and cluster admins, any member's with ?user=)."""
+        allocation = self.get_object()
+        body = BalanceSerializer(allocation).data
+        username = request.query_params.get("user")
+        if username is None and request.user.pk is not None:
+            membership = (
+                Membership.objects.select_related("user")
+                .filter(allocation=allocation, user=request.user)
+                .first()
+            )
+        elif username is not None:
+            may = (
+                isinstance(request.auth, ApiToken)
+                or user_manages_project(user=request.user, project=allocation.project)
+                or user_administers_cluster(user=request.user, cluster=allocation.cluster)
+            )
+            if not may and username != request.user.username:
+                raise PermissionDenied(
+                    "Only the project's PI, managers and admins see other members."
+                )
+            membership = get_object_or_404(
+                Membership.objects.select_related("user"),
+                allocation=allocation,
+                user__username=username,
+            )
+        else:
+            membership = None
+        if membership is not None:
+            membership.remaining = admission_service.member_remaining(allocation, membership)
+            body["member"] = MemberBalanceSerializer(membership).data
+        return Response(body)

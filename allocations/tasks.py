@@ -1,0 +1,21 @@
+"""Celery tasks: thin, id-based, idempotent (so acks_late redelivery is safe)."""
+
+from celery import shared_task
+
+
+@shared_task(name="allocations.rerate_usage", acks_late=True)
+def rerate_usage_task(correction_id: int) -> int:
+    from allocations.adjustments import rerate_usage
+    from allocations.models import RateCorrection
+
+    correction = RateCorrection.objects.filter(pk=correction_id).first()
+    if correction is None:
+        return 0
+    return rerate_usage(correction=correction)
+
+
+@shared_task(name="allocations.expire_holds", acks_late=True)
+def expire_holds_task() -> int:
+    from allocations.admission import holds_expire
+
+    return holds_expire()
