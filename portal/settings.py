@@ -156,3 +156,8 @@ LOGGING = {
 # released by the scheduled sweep.
 HOLD_GRACE_HOURS = envint("HOLD_GRACE_HOURS", 24)
 HOLD_DEFAULT_TTL_HOURS = envint("HOLD_DEFAULT_TTL_HOURS", 7 * 24)
+
+# Periodic work run by `celery -A portal beat`; every task is idempotent.
+CELERY_BEAT_SCHEDULE = {
+    "expire-stale-holds": {"task": "allocations.expire_holds", "schedule": 15 * 60},
+}
