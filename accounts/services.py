@@ -22,6 +22,7 @@ def user_create(
     organization: Organization | None = None,
     originated_id: str = "",
     is_staff: bool = False,
+    is_superuser: bool = False,
 ) -> User:
     """Creates a local account. Without a password the account cannot sign in with
     one (it is for people who sign in through the institution, or are only charged)."""
@@ -33,6 +34,7 @@ def user_create(
         organization=organization,
         originated_id=originated_id.strip(),
         is_staff=is_staff,
+        is_superuser=is_superuser,
     )
     if password:
         user.set_password(password)
