@@ -1,0 +1,801 @@
+"""The Django admin of the allocation domain.
+
+Every write goes through services.py with request.user as the actor, so a click here
+writes exactly what the API would, and is refused for the same reasons. Nothing is
+deleted, and the append-only records (diffs, events, usage) are view-only.
+"""
+
+from decimal import Decimal
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import model_ngettext, unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from allocations import services
+from allocations.forms import (
+    AllocationAddForm,
+    AllocationChangeForm,
+    DecideForm,
+    MembershipAddForm,
+    MembershipChangeForm,
+    ProjectForm,
+    RateCloseForm,
+    ReasonForm,
+    ServiceModelForm,
+    show_refusal,
+)
+from allocations.models import (
+    Allocation,
+    AllocationChange,
+    ChangeRequest,
+    ChangeRequestEvent,
+    Cluster,
+    Hold,
+    Membership,
+    MembershipChange,
+    Project,
+    ProjectChange,
+    Rate,
+    RateCorrection,
+    Resource,
+    Status,
+    Usage,
+    UsageAdjustment,
+)
+
+# --- shared pieces -------------------------------------------------------------------
+
+
+class NoDeleteAdmin(admin.ModelAdmin):
+    """Nothing is ever deleted: statuses go to DELETED and history stays. Without the
+    delete permission the admin also drops the "delete selected" action."""
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ReadOnlyAdmin(NoDeleteAdmin):
+    """Append-only records: written by services only, never edited."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: ValidationError | PermissionDenied):
+        self.refusal = refusal
+
+
+_REFUSAL = "_service_refusal"
+
+
+class ServiceSaveAdmin(NoDeleteAdmin):
+    """An admin whose add and change forms save through a service.
+
+    The service is the validation, so its rules are not repeated in form clean(): when it
+    refuses, the admin's transaction rolls back and the same POST is shown again with the
+    refusal on the form (ServiceModelForm), beside the field it names.
+    """
+
+    form = ServiceModelForm
+    add_form: type[ServiceModelForm] | None = None
+    add_fieldsets = None
+
+    def save_with_service(self, request, obj, form, change):
+        """Writes through a service; returns the object it saved, or None when `obj`
+        itself is up to date."""
+        raise NotImplementedError
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None and self.add_fieldsets is not None:
+            return self.add_fieldsets
+        return super().get_fieldsets(request, obj)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None and self.add_form is not None:
+            kwargs["form"] = self.add_form
+        form = super().get_form(request, obj, change=change, **kwargs)
+        refusal = getattr(request, _REFUSAL, None)
+        if refusal is not None:
+            form = type(form.__name__, (form,), {"refusal": refusal})
+        return form
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except _Refused as refused:
+            setattr(request, _REFUSAL, refused.refusal)
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request, obj, form, change):
+        try:
+            saved = self.save_with_service(request, obj, form, change)
+        except (ValidationError, PermissionDenied) as refusal:
+            raise _Refused(refusal) from refusal
+        if saved is not None and saved is not obj:
+            # The admin logs the change and redirects with the form's instance.
+            obj.__dict__.update(saved.__dict__)
+
+    def save_related(self, request, form, formsets, change):
+        pass  # the services save many-to-many fields themselves
+
+
+def _refusal_text(refusal: ValidationError | PermissionDenied) -> str:
+    if isinstance(refusal, ValidationError):
+        return " ".join(refusal.messages)
+    return str(refusal) or "You may not do this."
+
+
+def apply_each(modeladmin, request, queryset, write, done: str) -> None:
+    """Calls a service once per selected object, each in its own transaction, so one
+    refusal does not undo the others; every refusal is reported with its object."""
+    count = 0
+    for obj in queryset:
+        try:
+            write(obj)
+        except (ValidationError, PermissionDenied) as refusal:
+            modeladmin.message_user(request, f"{obj}: {_refusal_text(refusal)}", messages.ERROR)
+        else:
+            count += 1
+    if count:
+        noun = model_ngettext(modeladmin.opts, count)
+        modeladmin.message_user(request, f"{done} {count} {noun}.", messages.SUCCESS)
+
+
+def _with_reason(modeladmin, request, queryset, *, action: str, title: str, apply):
+    """The usual intermediate page of admin action `action`: the POST from the changelist
+    shows a reason form, the confirming POST ("apply") runs `apply(reason)`."""
+    form = ReasonForm(request.POST if "apply" in request.POST else None)
+    if form.is_valid():
+        apply(form.cleaned_data["reason"])
+        return None  # back to the changelist, which shows the messages
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "opts": modeladmin.opts,
+        "queryset": queryset,
+        "form": form,
+        "action": action,
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/action_reason.html", context)
+
+
+def _changelist_link(model, text: str, **filters) -> str:
+    url = reverse(f"admin:allocations_{model._meta.model_name}_changelist")
+    return format_html('<a href="{}?{}">{}</a>', url, urlencode(filters), text)
+
+
+# --- projects --------------------------------------------------------------------------
+
+
+@admin.register(Project)
+class ProjectAdmin(ServiceSaveAdmin):
+    form = ProjectForm
+    list_display = ("title", "pi", "origination", "originated_id", "status", "created")
+    list_select_related = ("pi",)
+    list_filter = ("status", "origination")
+    search_fields = ("title", "originated_id", "pi__username", "pi__last_name")
+    autocomplete_fields = ("pi", "managers")
+    date_hierarchy = "created"
+    actions = ("freeze", "unfreeze")
+    add_fieldsets = (
+        (None, {"fields": ("title", "description", "pi", "managers")}),
+        ("Origin", {"fields": ("origination", "originated_id")}),
+    )
+    fieldsets = (
+        (None, {"fields": ("title", "description", "pi", "managers", "status")}),
+        ("Origin", {"fields": ("origination", "originated_id", "code", "created")}),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return ("pi", "status", "origination", "originated_id", "code", "created")
+
+    def save_with_service(self, request, obj, form, change):
+        data = form.cleaned_data
+        if change:
+            # No service owns the free text; save only it, so a concurrent status change
+            # is not overwritten.
+            text = [name for name in ("title", "description") if name in form.changed_data]
+            if text:
+                obj.save(update_fields=text)
+            project = obj
+        else:
+            project = services.project_create(
+                actor=request.user,
+                title=data["title"],
+                pi=data["pi"],
+                description=data["description"],
+                origination=data["origination"],
+                originated_id=data["originated_id"],
+            )
+        current = set(project.managers.all()) if change else set()
+        wanted = set(data["managers"])
+        for user in wanted - current:
+            services.project_add_manager(actor=request.user, project=project, user=user)
+        for user in current - wanted:
+            services.project_remove_manager(actor=request.user, project=project, user=user)
+        return project
+
+    def _set_status(self, request, queryset, action: str, status: str, title: str):
+        return _with_reason(
+            self,
+            request,
+            queryset,
+            action=action,
+            title=title,
+            apply=lambda reason: apply_each(
+                self,
+                request,
+                queryset,
+                lambda project: services.project_set_status(
+                    actor=request.user, project=project, status=status, reason=reason
+                ),
+                done=f"Set to {status}:",
+            ),
+        )
+
+    @admin.action(description="Freeze selected projects (set INACTIVE)")
+    def freeze(self, request, queryset):
+        return self._set_status(request, queryset, "freeze", Status.INACTIVE, "Freeze projects")
+
+    @admin.action(description="Unfreeze selected projects (set ACTIVE)")
+    def unfreeze(self, request, queryset):
+        return self._set_status(request, queryset, "unfreeze", Status.ACTIVE, "Unfreeze projects")
+
+
+@admin.register(ProjectChange)
+class ProjectChangeAdmin(ReadOnlyAdmin):
+    list_display = ("project", "kind", "status", "subject", "actor", "reason", "created")
+    list_select_related = ("project", "subject", "actor")
+    list_filter = ("kind", "status")
+    search_fields = ("project__title", "subject__username", "actor__username", "reason")
+    autocomplete_fields = ("project", "subject", "actor")
+    date_hierarchy = "created"
+
+
+# --- clusters, resources, rates ----------------------------------------------------------
+
+
+@admin.register(Cluster)
+class ClusterAdmin(NoDeleteAdmin):
+    list_display = ("name", "title", "su_capacity_per_month")
+    list_filter = (("su_capacity_per_month", admin.EmptyFieldListFilter),)
+    search_fields = ("name", "title")
+    autocomplete_fields = ("admins",)
+    readonly_fields = ("code",)
+
+
+@admin.register(Resource)
+class ResourceAdmin(NoDeleteAdmin):
+    list_display = ("name", "cluster", "kind", "unit", "amount")
+    list_select_related = ("cluster",)
+    list_filter = ("kind", "cluster")
+    search_fields = ("name", "cluster__name")
+    autocomplete_fields = ("cluster",)
+    readonly_fields = ("code",)
+
+
+@admin.register(Rate)
+class RateAdmin(ServiceSaveAdmin):
+    form = RateCloseForm
+    add_form = ServiceModelForm
+    list_display = ("resource", "su_per_unit_hour", "reading", "start", "end", "created_by")
+    list_select_related = ("resource__cluster", "created_by")
+    list_filter = ("resource__cluster", "resource__kind")
+    search_fields = ("resource__name", "resource__cluster__name")
+    autocomplete_fields = ("resource",)
+    add_fieldsets = (
+        (None, {"fields": ("resource", "su_per_unit_hour", "start", "end", "reason")}),
+    )
+    fieldsets = (
+        (None, {"fields": ("resource", "su_per_unit_hour", "reading", "start", "reason")}),
+        ("End this window", {"fields": ("end", "close_reason")}),
+        (None, {"fields": ("created_by", "created", "code")}),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return (
+            "resource",
+            "su_per_unit_hour",
+            "reading",
+            "start",
+            "reason",
+            "created_by",
+            "created",
+            "code",
+        )
+
+    @admin.display(description="Reading")
+    def reading(self, rate: Rate) -> str:
+        # The source documents read rates both ways; show both so nobody misreads one.
+        unit, value = rate.resource.unit, rate.su_per_unit_hour
+        text = f"1 {unit}-hour = {value.normalize():f} SU"
+        if value:
+            per_su = (1 / value).quantize(Decimal("0.0001")).normalize()
+            text += f", i.e. 1 SU = {per_su:f} {unit}-hours"
+        return text
+
+    def save_with_service(self, request, obj, form, change):
+        data = form.cleaned_data
+        if not change:
+            return services.rate_add(
+                actor=request.user,
+                resource=data["resource"],
+                su_per_unit_hour=data["su_per_unit_hour"],
+                start=data["start"],
+                end=data["end"],
+                reason=data["reason"],
+            )
+        if "end" in form.changed_data:
+            return services.rate_close(
+                actor=request.user, rate=obj, end=data["end"], reason=data["close_reason"]
+            )
+        return None
+
+
+@admin.register(RateCorrection)
+class RateCorrectionAdmin(ReadOnlyAdmin):
+    list_display = (
+        "rate",
+        "old_su_per_unit_hour",
+        "new_su_per_unit_hour",
+        "actor",
+        "created",
+        "rerated_at",
+    )
+    list_select_related = ("rate__resource__cluster", "actor")
+    list_filter = ("rate__resource__cluster",)
+    search_fields = ("rate__resource__name", "reason")
+    autocomplete_fields = ("rate", "actor")
+    date_hierarchy = "created"
+
+
+# --- allocations, requests and diffs -----------------------------------------------------
+
+
+@admin.register(Allocation)
+class AllocationAdmin(ServiceSaveAdmin):
+    form = AllocationChangeForm
+    add_form = AllocationAddForm
+    list_display = (
+        "name",
+        "project",
+        "cluster",
+        "status",
+        "su_budget",
+        "su_used",
+        "su_held",
+        "remaining",
+        "start",
+        "end",
+    )
+    list_select_related = ("project", "cluster")
+    list_filter = ("status", "cluster")
+    search_fields = ("name", "project__title", "cluster__name")
+    autocomplete_fields = ("project", "cluster", "resources")
+    add_fieldsets = (
+        (None, {"fields": ("project", "cluster", "name", "resources", "start", "end")}),
+        (
+            "Request",
+            {
+                "description": "The allocation starts INACTIVE with a pending change request "
+                "for these SUs; approving the request activates it.",
+                "fields": ("su_amount", "justification", "priority"),
+            },
+        ),
+    )
+    fieldsets = (
+        (None, {"fields": ("project", "cluster", "name", "resources", "start", "records")}),
+        ("Balance", {"fields": ("su_budget", "su_used", "su_held", "remaining")}),
+        (
+            "Change allocation",
+            {
+                "description": "Saving writes one change (diff) to the allocation's history.",
+                "fields": ("status", "end", "su_delta", "reason"),
+            },
+        ),
+        (None, {"fields": ("code", "created")}),
+    )
+    # Set when the allocation is requested; the budget, status and end change only by diffs.
+    _fixed = ("project", "cluster", "name", "resources", "start", "code", "created")
+    _maintained = ("su_budget", "su_used", "su_held", "remaining")
+
+    def get_readonly_fields(self, request, obj=None):
+        return self._maintained if obj is None else (*self._fixed, *self._maintained, "records")
+
+    @admin.display(description="Remaining")
+    def remaining(self, allocation: Allocation) -> str:
+        remaining = allocation.su_remaining
+        return f"{remaining} (overdrawn)" if remaining < 0 else str(remaining)
+
+    @admin.display(description="Records")
+    def records(self, allocation: Allocation) -> str:
+        links = [
+            _changelist_link(AllocationChange, "History", allocation__id__exact=allocation.pk),
+            _changelist_link(ChangeRequest, "Requests", allocation__id__exact=allocation.pk),
+            _changelist_link(Membership, "Members", allocation__id__exact=allocation.pk),
+            _changelist_link(Usage, "Usage", allocation__id__exact=allocation.pk),
+        ]
+        return format_html(" | ".join(["{}"] * len(links)), *links)
+
+    def save_with_service(self, request, obj, form, change):
+        data = form.cleaned_data
+        if not change:
+            return services.allocation_request_create(
+                actor=request.user,
+                project=data["project"],
+                cluster=data["cluster"],
+                name=data["name"],
+                resources=data["resources"],
+                su_amount=data["su_amount"],
+                start=data["start"],
+                end=data["end"],
+                justification=data["justification"],
+                priority=data["priority"],
+            ).allocation
+        if form.has_changed():
+            changed = form.changed_data
+            services.allocation_change_apply(
+                actor=request.user,
+                allocation=obj,
+                reason=data["reason"],
+                su_delta=data["su_delta"],
+                status=data["status"] if "status" in changed else "",
+                end=data["end"] if "end" in changed else None,
+            )
+        return None
+
+
+class ChangeRequestEventInline(ReadOnlyInline):
+    model = ChangeRequestEvent
+    fields = ("created", "kind", "actor", "text")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("actor")
+
+
+@admin.register(ChangeRequest)
+class ChangeRequestAdmin(NoDeleteAdmin):
+    """Requests are created by PIs through services; here they are decided, by the list
+    actions or the Decide page, never edited."""
+
+    list_display = (
+        "allocation",
+        "cluster",
+        "kind",
+        "su_delta",
+        "requested_status",
+        "requested_end",
+        "priority",
+        "state",
+        "requester",
+        "created",
+        "decide_link",
+    )
+    list_select_related = ("allocation__cluster", "requester")
+    list_filter = ("state", "kind", "priority", "allocation__cluster")
+    search_fields = (
+        "allocation__name",
+        "allocation__project__title",
+        "requester__username",
+        "justification",
+    )
+    autocomplete_fields = ("allocation", "requester", "decided_by")
+    date_hierarchy = "created"
+    inlines = (ChangeRequestEventInline,)
+    actions = ("approve", "reject")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_decide_permission(self, request, obj=None):
+        # Who may decide which request is the service's call (cluster admins); this only
+        # gates the admin pages, by the model's ordinary change permission.
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+
+    @admin.display(description="Cluster", ordering="allocation__cluster__name")
+    def cluster(self, change_request: ChangeRequest) -> str:
+        return change_request.allocation.cluster.name
+
+    @admin.display(description="")
+    def decide_link(self, change_request: ChangeRequest) -> str:
+        if not change_request.is_pending:
+            return ""
+        url = reverse("admin:allocations_changerequest_decide", args=[change_request.pk])
+        return format_html('<a href="{}">Decide</a>', url)
+
+    def get_urls(self):
+        decide = path(
+            "<path:object_id>/decide/",
+            self.admin_site.admin_view(self.decide_view),
+            name="allocations_changerequest_decide",
+        )
+        return [decide, *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "can_decide": self.has_decide_permission(request)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.action(description="Approve selected requests as requested", permissions=["decide"])
+    def approve(self, request, queryset):
+        apply_each(
+            self,
+            request,
+            queryset.select_related("allocation__cluster").order_by("-priority", "created"),
+            lambda change_request: services.change_request_approve(
+                actor=request.user, request=change_request
+            ),
+            done="Approved",
+        )
+
+    @admin.action(description="Reject selected requests", permissions=["decide"])
+    def reject(self, request, queryset):
+        queryset = queryset.select_related("allocation__cluster")
+        return _with_reason(
+            self,
+            request,
+            queryset,
+            action="reject",
+            title="Reject change requests",
+            apply=lambda reason: apply_each(
+                self,
+                request,
+                queryset,
+                lambda change_request: services.change_request_reject(
+                    actor=request.user, request=change_request, reason=reason
+                ),
+                done="Rejected",
+            ),
+        )
+
+    def decide_view(self, request, object_id):
+        change_request = self.get_object(request, unquote(object_id))
+        if change_request is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_decide_permission(request, change_request):
+            raise PermissionDenied
+        form = DecideForm(request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            try:
+                done = self._decide(request, change_request, form.cleaned_data)
+            except (ValidationError, PermissionDenied) as refusal:
+                show_refusal(form, refusal, rename=form.service_fields)
+            else:
+                self.message_user(request, f"{change_request}: {done}.", messages.SUCCESS)
+                return HttpResponseRedirect(
+                    reverse("admin:allocations_changerequest_change", args=[change_request.pk])
+                )
+        allocation = change_request.allocation
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Decide a change request",
+            "subtitle": str(change_request),
+            "opts": self.opts,
+            "original": change_request,
+            "allocation": allocation,
+            "events": change_request.events.select_related("actor"),
+            "form": form,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/allocations/changerequest/decide.html", context)
+
+    @staticmethod
+    def _decide(request, change_request: ChangeRequest, data: dict) -> str:
+        actor, reason = request.user, data["reason"]
+        if data["decision"] == DecideForm.APPROVE:
+            services.change_request_approve(
+                actor=actor, request=change_request, su_approved=data["su_approved"], reason=reason
+            )
+            return "approved"
+        if data["decision"] == DecideForm.REJECT:
+            services.change_request_reject(actor=actor, request=change_request, reason=reason)
+            return "rejected"
+        services.change_request_comment(actor=actor, request=change_request, text=reason)
+        return "comment added"
+
+
+@admin.register(ChangeRequestEvent)
+class ChangeRequestEventAdmin(ReadOnlyAdmin):
+    list_display = ("request", "kind", "actor", "text", "created")
+    list_select_related = ("request__allocation", "actor")
+    list_filter = ("kind",)
+    search_fields = ("request__allocation__name", "actor__username", "text")
+    autocomplete_fields = ("request", "actor")
+    date_hierarchy = "created"
+
+
+@admin.register(AllocationChange)
+class AllocationChangeAdmin(ReadOnlyAdmin):
+    list_display = (
+        "allocation",
+        "kind",
+        "su_delta",
+        "su_budget",
+        "status",
+        "end",
+        "actor",
+        "change_request_id",
+        "created",
+    )
+    list_select_related = ("allocation__cluster", "actor")
+    list_filter = ("kind", "allocation__cluster")
+    search_fields = ("allocation__name", "allocation__project__title", "reason")
+    autocomplete_fields = ("allocation", "change_request", "actor")
+    date_hierarchy = "created"
+
+
+# --- members ---------------------------------------------------------------------------
+
+
+@admin.register(Membership)
+class MembershipAdmin(ServiceSaveAdmin):
+    form = MembershipChangeForm
+    add_form = MembershipAddForm
+    list_display = ("user", "allocation", "status", "su_cap", "su_used", "su_held", "start", "end")
+    list_select_related = ("user", "allocation__cluster")
+    list_filter = ("status", "allocation__cluster")
+    search_fields = ("user__username", "user__last_name", "allocation__name")
+    autocomplete_fields = ("allocation", "user")
+    actions = ("freeze", "reactivate")
+    add_fieldsets = (
+        (None, {"fields": ("allocation", "user", "su_cap", "start", "end", "reason")}),
+    )
+    fieldsets = (
+        (None, {"fields": ("allocation", "user", "status", "start", "end")}),
+        ("Balance", {"fields": ("su_used", "su_held")}),
+        ("Cap", {"fields": ("su_cap", "reason")}),
+        (None, {"fields": ("code", "created")}),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        maintained = ("su_used", "su_held")
+        if obj is None:
+            return maintained
+        return ("allocation", "user", "status", "start", "end", *maintained, "code", "created")
+
+    def save_with_service(self, request, obj, form, change):
+        data = form.cleaned_data
+        if not change:
+            return services.membership_add(
+                actor=request.user,
+                allocation=data["allocation"],
+                user=data["user"],
+                su_cap=data["su_cap"],
+                start=data["start"],
+                end=data["end"],
+                reason=data["reason"],
+            )
+        if "su_cap" in form.changed_data:
+            return services.membership_set_cap(
+                actor=request.user, membership=obj, su_cap=data["su_cap"], reason=data["reason"]
+            )
+        return None
+
+    def _set_status(self, request, queryset, action: str, status: str, title: str):
+        queryset = queryset.select_related("user", "allocation__project", "allocation__cluster")
+        return _with_reason(
+            self,
+            request,
+            queryset,
+            action=action,
+            title=title,
+            apply=lambda reason: apply_each(
+                self,
+                request,
+                queryset,
+                lambda membership: services.membership_set_status(
+                    actor=request.user, membership=membership, status=status, reason=reason
+                ),
+                done=f"Set to {status}:",
+            ),
+        )
+
+    @admin.action(description="Freeze (set INACTIVE)")
+    def freeze(self, request, queryset):
+        return self._set_status(request, queryset, "freeze", Status.INACTIVE, "Freeze memberships")
+
+    @admin.action(description="Reactivate")
+    def reactivate(self, request, queryset):
+        return self._set_status(
+            request, queryset, "reactivate", Status.ACTIVE, "Reactivate memberships"
+        )
+
+
+@admin.register(MembershipChange)
+class MembershipChangeAdmin(ReadOnlyAdmin):
+    list_display = ("membership", "kind", "su_cap", "status", "actor", "reason", "created")
+    list_select_related = ("membership__user", "membership__allocation", "actor")
+    list_filter = ("kind", "status")
+    search_fields = ("membership__user__username", "membership__allocation__name", "reason")
+    autocomplete_fields = ("membership", "actor")
+    date_hierarchy = "created"
+
+
+# --- usage -------------------------------------------------------------------------------
+
+
+@admin.register(Usage)
+class UsageAdmin(ReadOnlyAdmin):
+    list_display = (
+        "job_id",
+        "user",
+        "allocation",
+        "resource",
+        "raw_unit_seconds",
+        "su_amount",
+        "charged_at",
+        "recorded_at",
+    )
+    list_select_related = ("user", "allocation__cluster", "resource__cluster")
+    list_filter = ("cluster", "charged_at")
+    # Exact matches only: a LIKE over millions of rows would scan the table.
+    search_fields = ("=job_id", "=user__username", "=allocation__name")
+    autocomplete_fields = ("cluster", "allocation", "user", "resource", "rate")
+    # Millions of rows: no second, unfiltered COUNT(*) per page, and newest first by the
+    # primary key (there is no index leading with charged_at to sort by). No
+    # date_hierarchy either: its MIN/MAX and DISTINCT-date queries would scan the table.
+    show_full_result_count = False
+    ordering = ("-id",)
+
+
+@admin.register(UsageAdjustment)
+class UsageAdjustmentAdmin(ReadOnlyAdmin):
+    list_display = ("usage", "allocation", "user", "kind", "su_delta", "actor", "created")
+    list_select_related = ("usage", "allocation__cluster", "user", "actor")
+    list_filter = ("kind",)
+    search_fields = ("=usage__job_id", "=user__username", "=allocation__name")
+    autocomplete_fields = ("usage", "allocation", "user", "rate", "actor")
+    date_hierarchy = "created"
+
+
+@admin.register(Hold)
+class HoldAdmin(ReadOnlyAdmin):
+    list_display = (
+        "job_id",
+        "user",
+        "allocation",
+        "resource",
+        "su_amount",
+        "state",
+        "created",
+        "expires_at",
+        "closed_at",
+    )
+    list_select_related = ("user", "allocation__cluster", "resource__cluster")
+    list_filter = ("state", "cluster")
+    search_fields = ("=job_id", "=user__username", "=allocation__name")
+    autocomplete_fields = ("cluster", "allocation", "user", "resource", "actor")
+    date_hierarchy = "created"
