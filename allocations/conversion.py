@@ -12,6 +12,8 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 SU_DIGITS, SU_PLACES = 20, 4
 RATE_DIGITS, RATE_PLACES = 20, 6
 SU_QUANTUM = Decimal(1).scaleb(-SU_PLACES)
+# The smallest amount too large for an SU column (NUMERIC(SU_DIGITS, SU_PLACES)).
+SU_LIMIT = Decimal(10) ** (SU_DIGITS - SU_PLACES)
 SECONDS_PER_HOUR = Decimal(3600)
 
 # Wide enough that no intermediate product is ever rounded before the final step.
@@ -38,7 +40,8 @@ def parse_decimal(
         raise ValidationError({field: f"{value!r} is not a number."}) from None
     if not amount.is_finite():
         raise ValidationError({field: "The amount must be a finite number."})
-    if abs(amount) >= Decimal(10) ** (digits - places):
+    # copy_abs, not abs(): abs() rounds to the default context and overflows on "1e999999".
+    if amount.copy_abs() >= Decimal(10) ** (digits - places):
         raise ValidationError({field: "The amount is too large."})
     if amount != amount.quantize(Decimal(1).scaleb(-places), context=_CONTEXT):
         raise ValidationError({field: f"Give at most {places} decimal places."})

@@ -7,10 +7,13 @@ from allocations.models import Allocation, ChangeRequest, Cluster, Membership, P
 
 
 def user_manages_project(*, user: User, project: Project) -> bool:
-    """PI, a named manager (co-PI), or staff."""
+    """PI, a named manager (co-PI), or a site admin (superuser).
+
+    Django's is_staff only opens the admin site: a cluster admin needs it to use the
+    admin, so it grants no rights on projects or clusters by itself."""
     if not user.is_authenticated:
         return False
-    if user.is_staff or project.pi_id == user.pk:
+    if user.is_superuser or project.pi_id == user.pk:
         return True
     return project.managers.filter(pk=user.pk).exists()
 
@@ -18,7 +21,7 @@ def user_manages_project(*, user: User, project: Project) -> bool:
 def user_administers_cluster(*, user: User, cluster: Cluster) -> bool:
     if not user.is_authenticated:
         return False
-    if user.is_staff:
+    if user.is_superuser:
         return True
     return cluster.admins.filter(pk=user.pk).exists()
 
@@ -26,7 +29,7 @@ def user_administers_cluster(*, user: User, cluster: Cluster) -> bool:
 def project_list_for(*, user: User) -> QuerySet[Project]:
     """Projects the user leads, manages, or holds a membership in."""
     qs = Project.objects.select_related("pi")
-    if user.is_staff:
+    if user.is_superuser:
         return qs
     return qs.filter(
         Q(pi=user) | Q(managers=user) | Q(allocations__memberships__user=user)
@@ -35,7 +38,7 @@ def project_list_for(*, user: User) -> QuerySet[Project]:
 
 def allocation_list_for(*, user: User) -> QuerySet[Allocation]:
     qs = Allocation.objects.select_related("project", "project__pi", "cluster")
-    if user.is_staff:
+    if user.is_superuser:
         return qs
     return qs.filter(
         Q(project__pi=user)
@@ -50,10 +53,17 @@ def pending_requests_for_admin(*, user: User) -> QuerySet[ChangeRequest]:
     qs = ChangeRequest.objects.filter(state=ChangeRequest.State.PENDING).select_related(
         "allocation", "allocation__project", "allocation__cluster", "requester"
     )
-    if not user.is_staff:
+    if not user.is_superuser:
         qs = qs.filter(allocation__cluster__admins=user)
     return qs.order_by("-priority", "created")
 
 
 def membership_for(*, allocation: Allocation, user: User) -> Membership | None:
     return Membership.objects.filter(allocation=allocation, user=user).first()
+
+
+def allocation_list_for_cluster(*, cluster: Cluster) -> QuerySet[Allocation]:
+    """What an importer token of the cluster may see."""
+    return Allocation.objects.select_related("project", "project__pi", "cluster").filter(
+        cluster=cluster
+    )
