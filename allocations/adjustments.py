@@ -144,6 +144,8 @@ def rate_correct(
         rate=rate,
         old_su_per_unit_hour=rate.su_per_unit_hour,
         new_su_per_unit_hour=value,
+        old_end=rate.end,
+        new_end=rate.end,
         actor=actor,
         reason=reason,
     )

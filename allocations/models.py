@@ -290,7 +290,8 @@ class Allocation(models.Model):
 
     @property
     def is_overdrawn(self) -> bool:
-        return self.su_remaining < 0
+        # Holds are granted only within the balance, so only usage can overdraw.
+        return self.su_used > self.su_budget
 
 
 class ChangeRequest(models.Model):
@@ -378,7 +379,9 @@ class ChangeRequest(models.Model):
                 violation_error_message="Ask for SUs, an end date or a status.",
             ),
             models.CheckConstraint(
-                condition=~Q(kind="NEW") | Q(su_delta__gt=0),
+                # su_delta IS NOT NULL: a NULL amount would make the check NULL, which
+                # the database counts as passing.
+                condition=~Q(kind="NEW") | Q(su_delta__isnull=False, su_delta__gt=0),
                 name="allocations_changerequest_new_has_budget",
                 violation_error_message="A new allocation needs a positive SU amount.",
             ),
@@ -388,8 +391,10 @@ class ChangeRequest(models.Model):
             ),
             # A decision has a decider and a time; a pending request has neither.
             models.CheckConstraint(
-                condition=(Q(state="PENDING") & Q(decided_at__isnull=True))
-                | (~Q(state="PENDING") & Q(decided_at__isnull=False)),
+                condition=(
+                    Q(state="PENDING") & Q(decided_at__isnull=True) & Q(decided_by__isnull=True)
+                )
+                | (~Q(state="PENDING") & Q(decided_at__isnull=False) & Q(decided_by__isnull=False)),
                 name="allocations_changerequest_decided_iff_not_pending",
             ),
             models.UniqueConstraint(
@@ -550,7 +555,7 @@ class Membership(models.Model):
 
 
 class MembershipChange(models.Model):
-    """Append-only record of a change to a membership: added, cap, status, dates."""
+    """Append-only record of a change to a membership: added, cap, status."""
 
     class Kind(models.TextChoices):
         ADDED = "ADDED", "Added"
@@ -708,11 +713,15 @@ class UsageAdjustment(models.Model):
 
 
 class RateCorrection(models.Model):
-    """Append-only record of an admin correcting a rate window's value after the fact."""
+    """Append-only record of an admin changing a rate window after it was added: its
+    value (then the usage charged at it is re-rated) or its end (closing the window).
+    The Rate row holds the current values; these rows say who changed what, when, why."""
 
     rate = models.ForeignKey(Rate, on_delete=models.PROTECT, related_name="corrections")
     old_su_per_unit_hour = models.DecimalField(max_digits=RATE_DIGITS, decimal_places=RATE_PLACES)
     new_su_per_unit_hour = models.DecimalField(max_digits=RATE_DIGITS, decimal_places=RATE_PLACES)
+    old_end = models.DateTimeField(null=True, blank=True)
+    new_end = models.DateTimeField(null=True, blank=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.PROTECT,

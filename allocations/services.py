@@ -4,8 +4,9 @@ Conventions:
 - keyword-only arguments; `actor` is the user acting (None for automated work);
 - refusals raise django.core.exceptions.ValidationError (field-level where a field is
   to blame) or PermissionDenied, and leave the database unchanged;
-- lock order, to keep concurrent writers from deadlocking: Allocation, then
-  ChangeRequest, then Membership; several allocations in ascending id order.
+- lock order, to keep concurrent writers from deadlocking: Project, Cluster,
+  Resource, Rate, Allocation, ChangeRequest, Membership; several rows of one kind in
+  ascending id order.
 """
 
 import bisect
@@ -17,11 +18,13 @@ from decimal import Decimal
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
-from allocations.conversion import parse_decimal, parse_rate, parse_su, su_for
+from allocations.adjustments import add_charges_to_used
+from allocations.admission import close_holds
+from allocations.conversion import SU_LIMIT, parse_decimal, parse_rate, parse_su, su_for
 from allocations.models import (
     RAW_DIGITS,
     RAW_PLACES,
@@ -30,11 +33,13 @@ from allocations.models import (
     ChangeRequest,
     ChangeRequestEvent,
     Cluster,
+    Hold,
     Membership,
     MembershipChange,
     Project,
     ProjectChange,
     Rate,
+    RateCorrection,
     Resource,
     Status,
     Usage,
@@ -89,8 +94,8 @@ def project_create(
     origination: str = Project._meta.get_field("origination").default,
     originated_id: str = "",
 ) -> Project:
-    if not (actor.is_staff or actor.pk == pi.pk):
-        raise PermissionDenied("Only staff may create a project for someone else.")
+    if not (actor.is_superuser or actor.pk == pi.pk):
+        raise PermissionDenied("Only a site admin may create a project for someone else.")
     project = Project(
         title=title.strip(),
         pi=pi,
@@ -111,11 +116,11 @@ def project_set_status(*, actor: User, project: Project, status: str, reason: st
     """Freezing a project leaves its allocations untouched: charging checks all three
     levels, so unfreezing restores exactly what was there before."""
     may = (
-        actor.is_staff
+        actor.is_superuser
         or Cluster.objects.filter(allocations__project=project, admins=actor).exists()
     )
     if not may:
-        raise PermissionDenied("Only staff or an admin of one of its clusters may do this.")
+        raise PermissionDenied("Only a site admin or an admin of one of its clusters may do this.")
     if status not in Status.values:
         raise ValidationError({"status": f"{status!r} is not a valid status."})
     reason = _require_reason(reason, "change the project's status")
@@ -133,7 +138,7 @@ def project_set_status(*, actor: User, project: Project, status: str, reason: st
 
 @transaction.atomic
 def project_add_manager(*, actor: User, project: Project, user: User) -> None:
-    if not (actor.is_staff or actor.pk == project.pi_id):
+    if not (actor.is_superuser or actor.pk == project.pi_id):
         raise PermissionDenied("Only the PI may name managers.")
     if user.pk == project.pi_id or project.managers.filter(pk=user.pk).exists():
         raise ValidationError({"user": f"{user.username} already manages this project."})
@@ -145,7 +150,7 @@ def project_add_manager(*, actor: User, project: Project, user: User) -> None:
 
 @transaction.atomic
 def project_remove_manager(*, actor: User, project: Project, user: User) -> None:
-    if not (actor.is_staff or actor.pk == project.pi_id):
+    if not (actor.is_superuser or actor.pk == project.pi_id):
         raise PermissionDenied("Only the PI may remove managers.")
     if not project.managers.filter(pk=user.pk).exists():
         raise ValidationError({"user": f"{user.username} is not a manager of this project."})
@@ -231,6 +236,9 @@ def allocation_request_create(
     """A PI asks for a new allocation: an INACTIVE allocation with a pending request
     to make it ACTIVE with the SUs and dates asked for. The PI becomes its first member."""
     _require_manager(actor, project)
+    # Lock, as project_set_status does: a freeze cannot slip in between this check and
+    # the new allocation, and the status checked is the database's, not a stale copy's.
+    project = Project.objects.select_for_update().get(pk=project.pk)
     if project.status != Status.ACTIVE:
         raise ValidationError(
             {"project": "New allocations can only be requested for an active project."}
@@ -341,7 +349,10 @@ def change_request_submit(
     delta = _su(su_delta, "su_delta") if su_delta not in (None, "") else None
     if delta is not None and delta < 0 and allocation.su_budget + delta < allocation.su_used:
         raise ValidationError(
-            {"su_delta": f"At most {max(allocation.su_remaining, 0)} unused SUs can be given back."}
+            {
+                "su_delta": f"At most {max(allocation.su_budget - allocation.su_used, 0)} "
+                "unused SUs can be given back."
+            }
         )
     if requested_end is not None and requested_end < allocation.start:
         raise ValidationError(
@@ -561,7 +572,16 @@ def membership_add(
         )
     existing.status = Status.ACTIVE
     existing.su_cap = cap
-    existing.save(update_fields=["status", "su_cap"])
+    fields = ["status", "su_cap"]
+    # Dates given for the returning member replace the old ones; none given keeps them.
+    if start is not None:
+        existing.start = start
+        fields.append("start")
+    if end is not None:
+        existing.end = end
+        fields.append("end")
+    existing.full_clean()
+    existing.save(update_fields=fields)
     MembershipChange.objects.create(
         membership=existing,
         kind=MembershipChange.Kind.STATUS,
@@ -696,7 +716,9 @@ def rate_close(*, actor: User | None, rate: Rate, end: dt.datetime, reason: str 
     if actor is not None:
         _require_cluster_admin(actor, rate.resource.cluster)
     Resource.objects.select_for_update().get(pk=rate.resource_id)
-    rate = Rate.objects.select_related("resource").get(pk=rate.pk)
+    # Lock the rate too: a usage batch charging at it holds it, so the count of usage
+    # after the new end below includes that batch's rows.
+    rate = Rate.objects.select_for_update(of=("self",)).select_related("resource").get(pk=rate.pk)
     if end <= rate.start:
         raise ValidationError(
             {"end": f"The window starts at {rate.start:%Y-%m-%d %H:%M}; it must end after that."}
@@ -707,9 +729,17 @@ def rate_close(*, actor: User | None, rate: Rate, end: dt.datetime, reason: str 
         raise ValidationError(
             {"end": f"{charged_after} usage records were charged at this rate after that time."}
         )
+    RateCorrection.objects.create(
+        rate=rate,
+        old_su_per_unit_hour=rate.su_per_unit_hour,
+        new_su_per_unit_hour=rate.su_per_unit_hour,
+        old_end=rate.end,
+        new_end=end,
+        actor=actor,
+        reason=reason.strip() or "Window closed",
+    )
     rate.end = end
-    rate.reason = "\n".join(filter(None, [rate.reason, reason]))
-    rate.save(update_fields=["end", "reason"])
+    rate.save(update_fields=["end"])
     return rate
 
 
@@ -763,6 +793,10 @@ class BatchRejected(ValidationError):
         super().__init__(
             [f"record {e['index']}: {e['message']}" for e in errors], code="batch_rejected"
         )
+
+
+def _is_naive(when: dt.datetime | None) -> bool:
+    return when is not None and timezone.is_naive(when)
 
 
 def _usage_key(cluster_id: int, rec: UsageInput) -> tuple:
@@ -830,6 +864,12 @@ def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> Us
         if timezone.is_naive(rec.charged_at):
             bad("charged_at", "the charge time needs a time zone")
             continue
+        # A naive job time would be read in the server's zone and cannot be compared
+        # with an aware one.
+        naive = [f for f in ("started_at", "ended_at") if _is_naive(getattr(rec, f))]
+        if naive:
+            bad(naive[0], "the job's start and end times need a time zone")
+            continue
         if rec.started_at and rec.ended_at and rec.ended_at < rec.started_at:
             bad("ended_at", "the job ends before it starts")
             continue
@@ -841,13 +881,61 @@ def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> Us
                 f"{rec.charged_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC",
             )
             continue
-        charges.append((index, rec, raw, rate, su_for(raw, rate.su_per_unit_hour)))
-    if errors:
-        raise BatchRejected(errors)
+        su = su_for(raw, rate.su_per_unit_hour)
+        # Caught here, the record is reported with its index; caught by the database, it
+        # would be a bare DataError on PostgreSQL and silently rounded on SQLite.
+        if su >= SU_LIMIT:
+            bad("raw_unit_seconds", f"the charge of {su} SUs is too large to be real")
+            continue
+        charges.append((index, rec, raw, rate, su))
+    # Bad records are not raised yet: conflicting duplicates, found below, must be
+    # reported with them, so one rejection lists every bad record.
 
-    # Lock every allocation the batch charges, in id order (see the module docstring):
-    # a concurrent batch with the same jobs waits here, then sees them as duplicates.
-    list(Allocation.objects.select_for_update().filter(pk__in=alloc_ids).order_by("pk"))
+    # A job's usage settles its open hold, which may sit on the same allocation or not.
+    open_holds = list(
+        Hold.objects.filter(
+            cluster=cluster,
+            state=Hold.State.OPEN,
+            job_id__in={rec.job_id for _, rec, _, _, _ in charges},
+        )
+    )
+    # Locks, in the module's order. The cluster first: the usage key does not name the
+    # allocation, so two batches charging the same job to different allocations would
+    # never meet on an allocation lock and the second would hit the unique constraint.
+    # A cluster's importer posts one batch at a time anyway, so this costs nothing real.
+    Cluster.objects.select_for_update().filter(pk=cluster.pk).first()
+    # Then the rates charged at: a concurrent rate_correct either waits for this batch
+    # (and its re-rating then sees these rows) or committed first (and the values read
+    # here are the corrected ones); a concurrent rate_close likewise.
+    locked_rates = {
+        r.pk: r
+        for r in Rate.objects.select_for_update()
+        .filter(pk__in={rate.pk for _, _, _, rate, _ in charges})
+        .order_by("pk")
+    }
+    # Then every allocation the batch charges or settles a hold on, in id order: a
+    # concurrent batch with the same jobs waits here, then sees them as duplicates.
+    lock_ids = alloc_ids | {h.allocation_id for h in open_holds}
+    list(Allocation.objects.select_for_update().filter(pk__in=lock_ids).order_by("pk"))
+    charges = [
+        (
+            index,
+            rec,
+            raw,
+            locked_rates[rate.pk],
+            su_for(raw, locked_rates[rate.pk].su_per_unit_hour),
+        )
+        for index, rec, raw, rate, _ in charges
+    ]
+    for index, rec, _, rate, _ in charges:
+        if rate.end is not None and rec.charged_at >= rate.end:
+            errors.append(
+                {
+                    "index": index,
+                    "field": "charged_at",
+                    "message": f"the rate window for {rec.resource.name} was closed meanwhile",
+                }
+            )
 
     existing = {
         (cluster.pk, job_id, res_id, user_id): raw
@@ -887,22 +975,16 @@ def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> Us
             )
         )
     if errors:
-        raise BatchRejected(errors)
+        raise BatchRejected(sorted(errors, key=lambda e: e["index"]))
     Usage.objects.bulk_create(new_rows, batch_size=2000)
 
-    per_allocation: dict[int, Decimal] = defaultdict(Decimal)
-    per_member: dict[int, Decimal] = defaultdict(Decimal)
-    for row in new_rows:
-        per_allocation[row.allocation_id] += row.su_amount
-        per_member[memberships[(row.allocation_id, row.user_id)]] += row.su_amount
-    for alloc_id, total in per_allocation.items():
-        Allocation.objects.filter(pk=alloc_id).update(su_used=F("su_used") + total)
-    for member_id, total in per_member.items():
-        Membership.objects.filter(pk=member_id).update(su_used=F("su_used") + total)
+    add_charges_to_used(new_rows)
+    charged_jobs = {row.job_id for row in new_rows}
+    close_holds([h for h in open_holds if h.job_id in charged_jobs], state=Hold.State.SETTLED)
     return UsageBatchResult(
         created=len(new_rows),
         duplicates=duplicates,
-        su_charged=sum(per_allocation.values(), Decimal(0)),
+        su_charged=sum((row.su_amount for row in new_rows), Decimal(0)),
     )
 
 

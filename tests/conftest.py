@@ -61,7 +61,7 @@ def dana(org):
 
 @pytest.fixture
 def staff(org):
-    return make_user("root", org, is_staff=True, is_superuser=False)
+    return make_user("root", org, is_staff=True, is_superuser=True)
 
 
 @pytest.fixture
