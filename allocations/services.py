@@ -43,6 +43,7 @@ from allocations.models import (
     Resource,
     Status,
     Usage,
+    UsageAdjustment,
 )
 from allocations.selectors import user_administers_cluster, user_manages_project
 
@@ -782,6 +783,48 @@ class UsageBatchResult:
     created: int
     duplicates: int
     su_charged: Decimal
+    corrected: int = 0
+
+
+@dataclass(frozen=True)
+class _ChargedJob:
+    pk: int
+    allocation_id: int
+    raw: Decimal  # as last reported (a correction's raw amount, else the original)
+    net: Decimal  # the charge as it stands: su_amount plus adjustments
+    refunded: bool
+
+
+def _charged_jobs(cluster: Cluster, job_ids: set[str]) -> dict[tuple, _ChargedJob]:
+    rows = list(
+        Usage.objects.filter(cluster=cluster, job_id__in=job_ids).values_list(
+            "pk",
+            "job_id",
+            "resource_id",
+            "user_id",
+            "allocation_id",
+            "raw_unit_seconds",
+            "su_amount",
+        )
+    )
+    raw = {row[0]: row[5] for row in rows}
+    net = {row[0]: row[6] for row in rows}
+    refunded = set()
+    adjustments = UsageAdjustment.objects.filter(usage_id__in=raw).order_by("usage_id", "id")
+    for usage_id, kind, delta, adjusted_raw in adjustments.values_list(
+        "usage_id", "kind", "su_delta", "raw_unit_seconds"
+    ):
+        net[usage_id] += delta
+        if adjusted_raw is not None:
+            raw[usage_id] = adjusted_raw
+        if kind == UsageAdjustment.Kind.REFUND:
+            refunded.add(usage_id)
+    return {
+        (cluster.pk, job_id, res_id, user_id): _ChargedJob(
+            pk, alloc_id, raw[pk], net[pk], pk in refunded
+        )
+        for pk, job_id, res_id, user_id, alloc_id, _, _ in rows
+    }
 
 
 class BatchRejected(ValidationError):
@@ -806,7 +849,8 @@ def _usage_key(cluster_id: int, rec: UsageInput) -> tuple:
 @transaction.atomic
 def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> UsageBatchResult:
     """Charges a batch of usage, all or nothing. Jobs already charged (same cluster,
-    job, resource and user, same amount) are counted as duplicates and not charged again."""
+    job, resource and user, same amount) are counted as duplicates and not charged again;
+    a job reported again with another amount is corrected by an adjustment."""
     errors: list[dict] = []
     rates = RateBook(rec.resource.pk for rec in records)
     alloc_ids = {rec.allocation.pk for rec in records}
@@ -937,54 +981,69 @@ def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> Us
                 }
             )
 
-    existing = {
-        (cluster.pk, job_id, res_id, user_id): raw
-        for job_id, res_id, user_id, raw in Usage.objects.filter(
-            cluster=cluster, job_id__in={rec.job_id for _, rec, _, _, _ in charges}
-        ).values_list("job_id", "resource_id", "user_id", "raw_unit_seconds")
-    }
+    existing = _charged_jobs(cluster, {rec.job_id for _, rec, _, _, _ in charges})
     new_rows: list[Usage] = []
+    corrections: list[UsageAdjustment] = []
     duplicates = 0
     for index, rec, raw, rate, su in charges:
-        key = _usage_key(cluster.pk, rec)
-        if key in existing:
-            if existing[key] != raw:
-                errors.append(
-                    {
-                        "index": index,
-                        "field": "raw_unit_seconds",
-                        "message": f"job {rec.job_id} was already charged for {existing[key]} "
-                        f"unit-seconds, not {raw}",
-                    }
+        known = existing.get(_usage_key(cluster.pk, rec))
+        if known is None:
+            new_rows.append(
+                Usage(
+                    cluster=cluster,
+                    allocation=rec.allocation,
+                    user=rec.user,
+                    job_id=rec.job_id,
+                    resource=rec.resource,
+                    raw_unit_seconds=raw,
+                    rate=rate,
+                    su_amount=su,
+                    charged_at=rec.charged_at,
+                    started_at=rec.started_at,
+                    ended_at=rec.ended_at,
                 )
-            duplicates += 1
-            continue
-        new_rows.append(
-            Usage(
-                cluster=cluster,
-                allocation=rec.allocation,
-                user=rec.user,
-                job_id=rec.job_id,
-                resource=rec.resource,
-                raw_unit_seconds=raw,
-                rate=rate,
-                su_amount=su,
-                charged_at=rec.charged_at,
-                started_at=rec.started_at,
-                ended_at=rec.ended_at,
             )
-        )
+        elif known.raw == raw or known.refunded:
+            # The same report again (a retry, an overlapping window), or a refunded job,
+            # which stays refunded whatever is reported later.
+            duplicates += 1
+        elif known.allocation_id != rec.allocation.pk:
+            errors.append(
+                {
+                    "index": index,
+                    "field": "allocation",
+                    "message": f"job {rec.job_id} was charged to another allocation; "
+                    "a correction cannot move it",
+                }
+            )
+        else:
+            # Correction policy: the latest report of a job is the truth. The original
+            # charge stays; an adjustment brings the job's net charge to the new amount.
+            corrections.append(
+                UsageAdjustment(
+                    usage_id=known.pk,
+                    allocation_id=known.allocation_id,
+                    user_id=rec.user.pk,
+                    kind=UsageAdjustment.Kind.CORRECTION,
+                    su_delta=su - known.net,
+                    raw_unit_seconds=raw,
+                    rate=rate,
+                    reason=f"Importer reported {raw} unit-seconds instead of {known.raw}",
+                )
+            )
     if errors:
         raise BatchRejected(sorted(errors, key=lambda e: e["index"]))
     Usage.objects.bulk_create(new_rows, batch_size=2000)
-
-    add_charges_to_used(new_rows)
+    UsageAdjustment.objects.bulk_create(corrections)
+    add_charges_to_used([*new_rows, *corrections])
     charged_jobs = {row.job_id for row in new_rows}
     close_holds([h for h in open_holds if h.job_id in charged_jobs], state=Hold.State.SETTLED)
     return UsageBatchResult(
         created=len(new_rows),
         duplicates=duplicates,
-        su_charged=sum((row.su_amount for row in new_rows), Decimal(0)),
+        corrected=len(corrections),
+        su_charged=sum((row.su_amount for row in new_rows), Decimal(0))
+        + sum((c.su_delta for c in corrections), Decimal(0)),
     )
 
 

@@ -8,6 +8,7 @@ from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 
 from allocations import services
+from allocations.adjustments import usage_refund
 from allocations.ledger import ledger_drift
 from allocations.models import Allocation, Cluster, Membership, Resource, Usage
 from tests.allocations.dbstate import concurrently, unchanged
@@ -117,17 +118,68 @@ class TestUsageRecordBatch:
         allocation.refresh_from_db()
         assert allocation.su_used == 30
 
-    def test_it_refuses_a_duplicate_that_disagrees_with_the_charge(self, allocation, bob, gpu):
+    def test_a_job_reported_with_another_amount_is_corrected_by_an_adjustment(
+        self, allocation, bob, gpu
+    ):
         record(allocation.cluster, usage(allocation, bob, gpu, "1", 10))
+
+        result = record(allocation.cluster, usage(allocation, bob, gpu, "1", 11))
+
+        assert (result.created, result.duplicates, result.corrected) == (0, 0, 1)
+        assert result.su_charged == 2
+        original = Usage.objects.get(job_id="1")
+        assert (original.raw_unit_seconds, original.su_amount) == (36000, 20)
+        correction = original.adjustments.get()
+        assert (correction.kind, correction.su_delta, correction.raw_unit_seconds) == (
+            "CORRECTION",
+            2,
+            39600,
+        )
+        allocation.refresh_from_db()
+        assert allocation.su_used == 22
+        assert ledger_drift() == []
+
+    def test_a_corrected_job_reported_again_is_a_duplicate(self, allocation, bob, gpu):
+        record(allocation.cluster, usage(allocation, bob, gpu, "1", 10))
+        record(allocation.cluster, usage(allocation, bob, gpu, "1", 11))
+
+        with unchanged():
+            result = record(allocation.cluster, usage(allocation, bob, gpu, "1", 11))
+
+        assert (result.duplicates, result.corrected) == (1, 0)
+
+    def test_a_refunded_job_stays_refunded_when_reported_again(self, allocation, bob, gpu, dana):
+        record(allocation.cluster, usage(allocation, bob, gpu, "1", 10))
+        usage_refund(actor=dana, cluster=allocation.cluster, job_id="1", reason="Node failure")
+
+        with unchanged():
+            result = record(allocation.cluster, usage(allocation, bob, gpu, "1", 12))
+
+        assert (result.duplicates, result.corrected) == (1, 0)
+
+    def test_a_correction_cannot_move_a_job_to_another_allocation(
+        self, allocation, alice, bob, gpu, dana, project, cluster
+    ):
+        record(allocation.cluster, usage(allocation, bob, gpu, "1", 10))
+        request = services.allocation_request_create(
+            actor=alice,
+            project=project,
+            cluster=cluster,
+            name="other",
+            resources=[gpu],
+            su_amount="100",
+            start=allocation.start,
+            end=allocation.end,
+            justification="More",
+        )
+        services.change_request_approve(actor=dana, request=request)
+        other = request.allocation
+        services.membership_add(actor=alice, allocation=other, user=bob)
+
         with unchanged(), pytest.raises(services.BatchRejected) as excinfo:
-            record(allocation.cluster, usage(allocation, bob, gpu, "1", 11))
-        assert excinfo.value.errors == [
-            {
-                "index": 0,
-                "field": "raw_unit_seconds",
-                "message": "job 1 was already charged for 36000.000 unit-seconds, not 39600",
-            }
-        ]
+            record(allocation.cluster, usage(other, bob, gpu, "1", 11))
+        assert excinfo.value.errors[0]["field"] == "allocation"
+        assert "cannot move it" in excinfo.value.errors[0]["message"]
 
     def test_it_rejects_the_same_job_twice_in_a_batch(self, allocation, bob, gpu):
         with unchanged(), pytest.raises(services.BatchRejected) as excinfo:
@@ -178,9 +230,7 @@ class TestUsageRecordBatch:
             "record 5: the raw amount cannot be negative",
         ]
 
-    def test_it_reports_a_conflicting_duplicate_along_with_the_other_bad_records(
-        self, allocation, bob, charlie, gpu
-    ):
+    def test_a_correction_in_a_rejected_batch_writes_nothing(self, allocation, bob, charlie, gpu):
         record(allocation.cluster, usage(allocation, bob, gpu, "1", 10))
         with unchanged(), pytest.raises(services.BatchRejected) as excinfo:
             record(
@@ -188,7 +238,7 @@ class TestUsageRecordBatch:
                 usage(allocation, bob, gpu, "1", 11),
                 usage(allocation, charlie, gpu, "2", 1),
             )
-        assert rejected(excinfo) == [(0, "raw_unit_seconds"), (1, "user")]
+        assert rejected(excinfo) == [(1, "user")]
 
     def test_usage_at_a_time_no_rate_covers_names_the_resource_and_time(self, allocation, bob, gpu):
         before_any_rate = dt.datetime(2024, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
