@@ -9,3 +9,4 @@ router.register("allocations", allocations_api.AllocationViewSet, basename="allo
 router.register("admission", allocations_api.AdmissionViewSet, basename="admission")
 router.register("holds", allocations_api.HoldViewSet, basename="hold")
 router.register("refunds", allocations_api.RefundViewSet, basename="refund")
+router.register("usage", allocations_api.UsageViewSet, basename="usage")

@@ -27,6 +27,15 @@ def validation_error_body(exc: DjangoValidationError) -> dict:
 
 
 def exception_handler(exc, context):
+    from allocations.services import BatchRejected
+
+    if isinstance(exc, BatchRejected):
+        # Every bad record with its index, so an importer can fix them all in one go.
+        body = {
+            "detail": f"{len(exc.errors)} records were rejected; nothing was written.",
+            "errors": exc.errors,
+        }
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DjangoValidationError):
         return Response(validation_error_body(exc), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Http404):
