@@ -809,3 +809,36 @@ class Hold(models.Model):
 
     def __str__(self) -> str:
         return f"hold of {self.su_amount} SU for job {self.job_id} ({self.state})"
+
+
+class TresMapping(models.Model):
+    """How a cluster's scheduler accounting maps onto portal resources.
+
+    A job's TRES entry `tres` (e.g. "cpu", "gres/gpu:h200", "mem"), on `partition` (blank:
+    any partition), is usage of `resource`, `scale` units per TRES unit (e.g. 1/1024 to
+    count memory in GB from megabytes). A partition-specific mapping wins over a blank
+    one for the same TRES.
+    """
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="tres_mappings")
+    partition = models.CharField(max_length=64, blank=True)
+    tres = models.CharField("TRES", max_length=64)
+    resource = models.ForeignKey(Resource, on_delete=models.PROTECT, related_name="+")
+    scale = models.DecimalField(max_digits=20, decimal_places=10, default=1)
+
+    class Meta:
+        ordering = ["cluster", "partition", "tres"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "partition", "tres"],
+                name="allocations_tresmapping_unique",
+                violation_error_message="This cluster already maps this TRES on this partition.",
+            ),
+            models.CheckConstraint(
+                condition=Q(scale__gt=0), name="allocations_tresmapping_scale_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = f" on {self.partition}" if self.partition else ""
+        return f"{self.tres}{where} -> {self.resource.name}"
