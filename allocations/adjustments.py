@@ -6,15 +6,17 @@ row lock (the lock order of services.py: allocations in id order, then membershi
 """
 
 from collections import defaultdict
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q, QuerySet
+from django.db.models.functions import Round
 from django.utils import timezone
 
 from accounts.models import User
-from allocations.conversion import parse_rate, su_for
+from allocations.conversion import SU_PLACES, parse_rate, su_for
 from allocations.models import (
     Allocation,
     Cluster,
@@ -29,6 +31,13 @@ from allocations.selectors import user_administers_cluster
 RERATE_CHUNK = 2000
 
 
+def moved(field: str, amount: Decimal) -> Round:
+    """field + amount, rounded to the ledger's scale. A no-op on PostgreSQL's NUMERIC;
+    SQLite keeps these columns as binary floats, where amounts that cancel out
+    (3.2076 + 2.3407 - 3.2076 - 2.3407) would leave -4.4e-16 and break the >= 0 checks."""
+    return Round(F(field) + amount, SU_PLACES)
+
+
 def add_to_used(
     per_allocation: dict[int, Decimal], per_member: dict[tuple[int, int], Decimal]
 ) -> None:
@@ -36,11 +45,11 @@ def add_to_used(
     per_member is keyed by (allocation_id, user_id). The caller holds the locks."""
     for allocation_id, amount in per_allocation.items():
         if amount:
-            Allocation.objects.filter(pk=allocation_id).update(su_used=F("su_used") + amount)
+            Allocation.objects.filter(pk=allocation_id).update(su_used=moved("su_used", amount))
     for (allocation_id, user_id), amount in per_member.items():
         if amount:
             Membership.objects.filter(allocation_id=allocation_id, user_id=user_id).update(
-                su_used=F("su_used") + amount
+                su_used=moved("su_used", amount)
             )
 
 
@@ -60,18 +69,38 @@ def _lock_allocations(ids) -> None:
     list(Allocation.objects.select_for_update().filter(pk__in=set(ids)).order_by("pk"))
 
 
-def _net_charges(usage_ids) -> dict[int, Decimal]:
-    """Each usage record's charge as it stands: su_amount plus its adjustments."""
-    net = dict(Usage.objects.filter(pk__in=usage_ids).values_list("pk", "su_amount"))
-    adjusted = (
-        UsageAdjustment.objects.filter(usage_id__in=usage_ids)
-        .values("usage_id")
-        .annotate(total=Sum("su_delta"))
-        .values_list("usage_id", "total")
+@dataclass(frozen=True)
+class ChargeState:
+    """Where a usage record's charge stands after its adjustments."""
+
+    pk: int
+    allocation_id: int
+    user_id: int
+    raw: Decimal  # as last reported: a correction's raw amount, else the original
+    rate_id: int  # the rate the charge now stands on
+    net: Decimal  # su_amount plus every adjustment
+    refunded: bool
+
+
+def charge_states(usage: QuerySet[Usage]) -> dict[int, ChargeState]:
+    """The charge state of each usage row of the queryset, in two queries."""
+    rows = list(
+        usage.values_list(
+            "pk", "allocation_id", "user_id", "raw_unit_seconds", "rate_id", "su_amount"
+        )
     )
-    for usage_id, total in adjusted:
-        net[usage_id] += total
-    return net
+    state = {pk: [a, u, raw, rate, net, False] for pk, a, u, raw, rate, net in rows}
+    adjustments = UsageAdjustment.objects.filter(usage_id__in=state).order_by("usage_id", "id")
+    for usage_id, kind, delta, raw, rate_id in adjustments.values_list(
+        "usage_id", "kind", "su_delta", "raw_unit_seconds", "rate_id"
+    ):
+        entry = state[usage_id]
+        entry[4] += delta
+        if raw is not None:
+            entry[2], entry[3] = raw, rate_id
+        if kind == UsageAdjustment.Kind.REFUND:
+            entry[5] = True
+    return {pk: ChargeState(pk, *entry) for pk, entry in state.items()}
 
 
 @transaction.atomic
@@ -85,7 +114,8 @@ def usage_refund(
     reason = (reason or "").strip()
     if not reason:
         raise ValidationError({"reason": "Say why the job is refunded."})
-    rows = Usage.objects.filter(cluster=cluster, job_id=job_id)
+    # With what the API shows of each refund, so the answer costs no query per row.
+    rows = Usage.objects.filter(cluster=cluster, job_id=job_id).select_related("resource", "user")
     if username:
         rows = rows.filter(user__username=username)
     rows = list(rows.order_by("pk"))
@@ -94,16 +124,16 @@ def usage_refund(
     _lock_allocations(r.allocation_id for r in rows)
     if UsageAdjustment.objects.filter(usage__in=rows, kind=UsageAdjustment.Kind.REFUND).exists():
         raise ValidationError(
-            {"job_id": f"Job {job_id} has already been refunded."}, code="refunded"
+            {"job_id": ValidationError(f"Job {job_id} has already been refunded.", code="refunded")}
         )
-    net = _net_charges([r.pk for r in rows])
+    states = charge_states(Usage.objects.filter(pk__in=[r.pk for r in rows]))
     adjustments = [
         UsageAdjustment(
             usage=r,
             allocation_id=r.allocation_id,
             user_id=r.user_id,
             kind=UsageAdjustment.Kind.REFUND,
-            su_delta=-net[r.pk],
+            su_delta=-states[r.pk].net,
             actor=actor,
             reason=reason,
         )
@@ -114,7 +144,9 @@ def usage_refund(
             UsageAdjustment.objects.bulk_create(adjustments)
     except IntegrityError:
         # A concurrent refund of the same job on another allocation got there first.
-        raise ValidationError({"job_id": f"Job {job_id} has already been refunded."}) from None
+        raise ValidationError(
+            {"job_id": ValidationError(f"Job {job_id} has already been refunded.", code="refunded")}
+        ) from None
     add_charges_to_used(adjustments)
     return adjustments
 
@@ -125,7 +157,13 @@ def rate_correct(
 ) -> RateCorrection:
     """Corrects a window's rate after the fact. The usage charged at it is re-rated by
     a background task (rerate_usage), as adjustments: the original charges stay."""
-    rate = Rate.objects.select_for_update().select_related("resource__cluster").get(pk=rate.pk)
+    # Lock the rate (two corrections at once must each record the value they replace), but
+    # not the joined cluster row, which every usage and hold insert of the cluster needs.
+    rate = (
+        Rate.objects.select_for_update(of=("self",))
+        .select_related("resource__cluster")
+        .get(pk=rate.pk)
+    )
     if actor is not None and not user_administers_cluster(
         user=actor, cluster=rate.resource.cluster
     ):
@@ -169,36 +207,36 @@ def rerate_usage(*, correction: RateCorrection) -> int:
     last_pk = 0
     while True:
         with transaction.atomic():
+            # The rate before the allocations (services.py's lock order): a usage batch takes
+            # them in that order, and this chunk's inserts need a key-share lock on the rate.
+            rate = Rate.objects.select_for_update(of=("self",)).get(pk=rate.pk)
+            # Rows charged at this rate, or corrected onto it by a later report; a row
+            # corrected onto another rate since is that rate's to re-rate.
             chunk = list(
-                Usage.objects.filter(rate=rate, pk__gt=last_pk)
+                Usage.objects.filter(Q(rate=rate) | Q(adjustments__rate=rate), pk__gt=last_pk)
                 .order_by("pk")
-                .values_list("pk", "allocation_id", "user_id", "raw_unit_seconds")[:RERATE_CHUNK]
+                .values_list("pk", flat=True)
+                .distinct()[:RERATE_CHUNK]
             )
             if not chunk:
                 break
-            last_pk = chunk[-1][0]
-            _lock_allocations(row[1] for row in chunk)
-            ids = [row[0] for row in chunk]
-            net = _net_charges(ids)
-            refunded = set(
-                UsageAdjustment.objects.filter(
-                    usage_id__in=ids, kind=UsageAdjustment.Kind.REFUND
-                ).values_list("usage_id", flat=True)
-            )
+            last_pk = chunk[-1]
+            states = charge_states(Usage.objects.filter(pk__in=chunk))
+            _lock_allocations(st.allocation_id for st in states.values())
             adjustments = []
-            for pk, allocation_id, user_id, raw in chunk:
-                if pk in refunded:
+            for st in states.values():
+                if st.refunded or st.rate_id != rate.pk:
                     continue
-                delta = su_for(raw, rate.su_per_unit_hour) - net[pk]
+                delta = su_for(st.raw, rate.su_per_unit_hour) - st.net
                 if delta:
                     adjustments.append(
                         UsageAdjustment(
-                            usage_id=pk,
-                            allocation_id=allocation_id,
-                            user_id=user_id,
+                            usage_id=st.pk,
+                            allocation_id=st.allocation_id,
+                            user_id=st.user_id,
                             kind=UsageAdjustment.Kind.RERATE,
                             su_delta=delta,
-                            raw_unit_seconds=raw,
+                            raw_unit_seconds=st.raw,
                             rate=rate,
                             actor=correction.actor,
                             reason=f"Rate corrected: {correction.reason}",

@@ -45,6 +45,7 @@ from allocations.models import (
     RateCorrection,
     Resource,
     Status,
+    TresMapping,
     Usage,
     UsageAdjustment,
 )
@@ -299,6 +300,15 @@ class ResourceAdmin(NoDeleteAdmin):
     search_fields = ("name", "cluster__name")
     autocomplete_fields = ("cluster",)
     readonly_fields = ("code",)
+
+
+@admin.register(TresMapping)
+class TresMappingAdmin(NoDeleteAdmin):
+    list_display = ("cluster", "partition", "tres", "resource", "scale")
+    list_select_related = ("cluster", "resource")
+    list_filter = ("cluster",)
+    search_fields = ("tres", "partition", "cluster__name", "resource__name")
+    autocomplete_fields = ("cluster", "resource")
 
 
 @admin.register(Rate)

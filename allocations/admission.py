@@ -16,11 +16,12 @@ from enum import StrEnum
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from accounts.models import User
-from allocations.conversion import parse_decimal, parse_su, su_for
+from allocations.adjustments import moved
+from allocations.conversion import SU_LIMIT, parse_decimal, parse_su, su_for
 from allocations.models import Allocation, Cluster, Hold, Membership, Rate, Resource, Status
 
 
@@ -143,7 +144,8 @@ def parse_estimate(
     if count in (None, "") or wall_seconds in (None, ""):
         raise ValidationError("Give estimate_su, or both count and wall_seconds.")
     count = parse_decimal(count, field="count", places=3, digits=12)
-    wall = parse_decimal(wall_seconds, field="wall_seconds", places=0, digits=12)
+    # Under 10**10 s (317 years): a hold's expiry stays a date Python can represent.
+    wall = parse_decimal(wall_seconds, field="wall_seconds", places=0, digits=10)
     if count <= 0:
         raise ValidationError({"count": "The count must be positive."})
     if wall <= 0:
@@ -203,6 +205,9 @@ def _judge(admission: Admission, estimate_su, raw, at: dt.datetime) -> Admission
         admission.allowed, admission.reason = False, Reason.RESOURCE_NOT_IN_ALLOCATION
         return admission
     su = estimate_su if estimate_su is not None else su_for(raw, admission.rate.su_per_unit_hour)
+    if su >= SU_LIMIT:
+        # It could be neither shown nor held (NUMERIC(20, 4)); no real job is this large.
+        raise ValidationError({"count": f"count x wall_seconds comes to {su} SUs, too large."})
     admission.estimate_su = su
     refusal = charge_refusal(
         project_status=allocation.project.status,
@@ -246,7 +251,8 @@ def admission_check(
 def _hold_ttl(wall_seconds) -> dt.timedelta:
     grace = dt.timedelta(hours=settings.HOLD_GRACE_HOURS)
     if wall_seconds not in (None, ""):
-        return dt.timedelta(seconds=int(wall_seconds)) + grace
+        # parse_estimate has checked it is a whole number; it may be written "3600.0".
+        return dt.timedelta(seconds=int(Decimal(str(wall_seconds).strip()))) + grace
     return dt.timedelta(hours=settings.HOLD_DEFAULT_TTL_HOURS)
 
 
@@ -282,11 +288,13 @@ def hold_create(
     allocation.has_resource = admission.allocation.has_resource
     admission.allocation = allocation
     admission.membership = Membership.objects.select_for_update().get(pk=admission.membership.pk)
-    _judge(admission, estimate, raw, now)
-    if not admission.allowed:
-        raise AdmissionRefused(admission)
+    # Before the balance: a scheduler retrying its request must hear that the hold exists,
+    # not that the SUs its first attempt holds are missing.
     if Hold.objects.filter(cluster=cluster, job_id=job_id, state=Hold.State.OPEN).exists():
         admission.allowed, admission.reason = False, Reason.HOLD_EXISTS
+        raise AdmissionRefused(admission)
+    _judge(admission, estimate, raw, now)
+    if not admission.allowed:
         raise AdmissionRefused(admission)
     su = admission.estimate_su
     if su <= 0:
@@ -314,9 +322,9 @@ def hold_create(
 
 
 def _add_held(allocation_id: int, membership_id: int | None, amount: Decimal) -> None:
-    Allocation.objects.filter(pk=allocation_id).update(su_held=F("su_held") + amount)
+    Allocation.objects.filter(pk=allocation_id).update(su_held=moved("su_held", amount))
     if membership_id is not None:
-        Membership.objects.filter(pk=membership_id).update(su_held=F("su_held") + amount)
+        Membership.objects.filter(pk=membership_id).update(su_held=moved("su_held", amount))
 
 
 def close_holds(holds: list[Hold], *, state: str, now: dt.datetime | None = None) -> int:
@@ -348,8 +356,9 @@ def close_holds(holds: list[Hold], *, state: str, now: dt.datetime | None = None
 
 @transaction.atomic
 def hold_release(*, hold: Hold) -> Hold:
-    # Lock the allocation so the release and a concurrent hold see one balance.
-    Allocation.objects.select_for_update().filter(pk=hold.allocation_id).first()
+    # Lock the allocation so the release and a concurrent hold see one balance. get(), not
+    # first(): first() orders by the cluster's name, and the join would lock the cluster row.
+    Allocation.objects.select_for_update().get(pk=hold.allocation_id)
     if close_holds([hold], state=Hold.State.RELEASED) != 1:
         hold.refresh_from_db()
         raise ValidationError(
@@ -367,7 +376,7 @@ def holds_expire(*, now: dt.datetime | None = None) -> int:
     closed = 0
     for allocation_id in sorted({h.allocation_id for h in stale}):
         with transaction.atomic():
-            Allocation.objects.select_for_update().filter(pk=allocation_id).first()
+            Allocation.objects.select_for_update().get(pk=allocation_id)
             closed += close_holds(
                 [h for h in stale if h.allocation_id == allocation_id],
                 state=Hold.State.EXPIRED,

@@ -5,12 +5,14 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from accounts.models import ApiToken
 from allocations import admission as admission_service
 from allocations.adjustments import usage_refund
 from allocations.admission import UNKNOWN, Admission, AdmissionRefused
+from allocations.ingest import usage_ingest
 from allocations.models import Cluster, Hold, Membership
 from allocations.selectors import (
     allocation_list_for,
@@ -28,6 +30,8 @@ from allocations.serializers import (
     HoldOutputSerializer,
     MemberBalanceSerializer,
     RefundInputSerializer,
+    UsageBatchInputSerializer,
+    UsageBatchOutputSerializer,
 )
 
 
@@ -96,7 +100,7 @@ class HoldViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         qs = Hold.objects.select_related("cluster", "allocation", "user", "resource")
         if isinstance(self.request.auth, ApiToken):
             return qs.filter(cluster=self.request.auth.cluster)
-        if self.request.user.is_staff:
+        if self.request.user.is_superuser:
             return qs
         return qs.filter(cluster__admins=self.request.user)
 
@@ -143,11 +147,12 @@ class RefundViewSet(viewsets.ViewSet):
     )
     def create(self, request):
         """Refunds a job in full (node failure, preemption); a job is refunded once."""
+        # Before the body is read: an importer may not refund, whatever it sends.
+        if isinstance(request.auth, ApiToken):
+            raise PermissionDenied("Refunds are decided by a cluster admin, not an importer.")
         data = RefundInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        if isinstance(request.auth, ApiToken):
-            raise PermissionDenied("Refunds are decided by a cluster admin, not an importer.")
         cluster = cluster_for(request, v["cluster"])
         adjustments = usage_refund(
             actor=request.user,
@@ -207,3 +212,21 @@ class AllocationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             membership.remaining = admission_service.member_remaining(allocation, membership)
             body["member"] = MemberBalanceSerializer(membership).data
         return Response(body)
+
+
+class UsageViewSet(viewsets.ViewSet):
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        request=UsageBatchInputSerializer,
+        responses={200: UsageBatchOutputSerializer, 400: OpenApiResponse(description="Rejected")},
+    )
+    def create(self, request):
+        """Charges a batch of up to 10,000 usage records, all or nothing. Jobs already
+        charged count as duplicates; a job reported with another amount is corrected.
+        A retried batch gets the same answer and charges nothing twice."""
+        envelope = UsageBatchInputSerializer(data=request.data)
+        envelope.is_valid(raise_exception=True)
+        cluster = cluster_for(request, envelope.validated_data["cluster"])
+        result = usage_ingest(cluster=cluster, records=request.data["records"])
+        return Response(UsageBatchOutputSerializer(result).data)

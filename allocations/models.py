@@ -14,6 +14,7 @@ Nothing here is ever deleted: statuses go to DELETED and history stays.
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Lower
@@ -842,3 +843,7 @@ class TresMapping(models.Model):
     def __str__(self) -> str:
         where = f" on {self.partition}" if self.partition else ""
         return f"{self.tres}{where} -> {self.resource.name}"
+
+    def clean(self) -> None:
+        if self.resource_id and self.cluster_id and self.resource.cluster_id != self.cluster_id:
+            raise ValidationError({"resource": "Choose a resource of this cluster."})

@@ -3,7 +3,11 @@
 from django.db.models import Q, QuerySet
 
 from accounts.models import User
-from allocations.models import Allocation, ChangeRequest, Cluster, Membership, Project
+from allocations.models import Allocation, ChangeRequest, Cluster, Membership, Project, Status
+
+# A frozen (INACTIVE) member still sees the allocation and why they cannot charge it; a
+# removed (DELETED) one no longer does.
+_VISIBLE_MEMBERSHIP = [Status.ACTIVE, Status.INACTIVE]
 
 
 def user_manages_project(*, user: User, project: Project) -> bool:
@@ -32,7 +36,13 @@ def project_list_for(*, user: User) -> QuerySet[Project]:
     if user.is_superuser:
         return qs
     return qs.filter(
-        Q(pi=user) | Q(managers=user) | Q(allocations__memberships__user=user)
+        Q(pi=user)
+        | Q(managers=user)
+        # One Q, so both conditions apply to the same membership row.
+        | Q(
+            allocations__memberships__user=user,
+            allocations__memberships__status__in=_VISIBLE_MEMBERSHIP,
+        )
     ).distinct()
 
 
@@ -43,7 +53,7 @@ def allocation_list_for(*, user: User) -> QuerySet[Allocation]:
     return qs.filter(
         Q(project__pi=user)
         | Q(project__managers=user)
-        | Q(memberships__user=user)
+        | Q(memberships__user=user, memberships__status__in=_VISIBLE_MEMBERSHIP)
         | Q(cluster__admins=user)
     ).distinct()
 

@@ -117,3 +117,17 @@ class AdjustmentOutputSerializer(serializers.Serializer):
     kind = serializers.CharField()
     su_delta = serializers.DecimalField(max_digits=20, decimal_places=4)
     reason = serializers.CharField()
+
+
+class UsageBatchInputSerializer(serializers.Serializer):
+    cluster = serializers.CharField(max_length=64)
+    # Records are checked by ingest.usage_ingest in bulk (a per-record serializer is
+    # too slow for 10,000 records); here only the envelope's shape.
+    records = serializers.ListField(child=serializers.DictField(), allow_empty=False)
+
+
+class UsageBatchOutputSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    corrected = serializers.IntegerField()
+    su_charged = serializers.DecimalField(max_digits=21, decimal_places=4)

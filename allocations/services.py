@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
-from allocations.adjustments import add_charges_to_used
+from allocations.adjustments import ChargeState, add_charges_to_used, charge_states
 from allocations.admission import close_holds
 from allocations.conversion import SU_LIMIT, parse_decimal, parse_rate, parse_su, su_for
 from allocations.models import (
@@ -182,11 +182,13 @@ def _apply_change(
         raise ValidationError(
             {"su_delta": f"This would make the budget {new_budget} SUs; it cannot go below 0."}
         )
-    if su_delta < 0 and new_budget < allocation.su_used:
+    # SUs already used or held for running jobs cannot be taken back.
+    committed = allocation.su_used + allocation.su_held
+    if su_delta < 0 and new_budget < committed:
         raise ValidationError(
             {
-                "su_delta": f"At most {max(allocation.su_budget - allocation.su_used, 0)} unused "
-                f"SUs can be given back; {allocation.su_used} SUs are already used."
+                "su_delta": f"At most {max(allocation.su_budget - committed, 0)} unused SUs can "
+                f"be given back; {allocation.su_used} SUs are used and {allocation.su_held} held."
             }
         )
     if end is not None and end < allocation.start:
@@ -348,10 +350,11 @@ def change_request_submit(
     if allocation.status == Status.DELETED:
         raise ValidationError("This allocation is closed; request a new one instead.")
     delta = _su(su_delta, "su_delta") if su_delta not in (None, "") else None
-    if delta is not None and delta < 0 and allocation.su_budget + delta < allocation.su_used:
+    committed = allocation.su_used + allocation.su_held
+    if delta is not None and delta < 0 and allocation.su_budget + delta < committed:
         raise ValidationError(
             {
-                "su_delta": f"At most {max(allocation.su_budget - allocation.su_used, 0)} "
+                "su_delta": f"At most {max(allocation.su_budget - committed, 0)} "
                 "unused SUs can be given back."
             }
         )
@@ -555,7 +558,9 @@ def membership_add(
     allocation = _lock_allocation(allocation.pk)
     _check_cap(allocation, cap)
     existing = (
-        Membership.objects.select_for_update().filter(allocation=allocation, user=user).first()
+        Membership.objects.select_for_update(of=("self",))
+        .filter(allocation=allocation, user=user)
+        .first()
     )
     if existing is None:
         return _membership_create(
@@ -786,44 +791,15 @@ class UsageBatchResult:
     corrected: int = 0
 
 
-@dataclass(frozen=True)
-class _ChargedJob:
-    pk: int
-    allocation_id: int
-    raw: Decimal  # as last reported (a correction's raw amount, else the original)
-    net: Decimal  # the charge as it stands: su_amount plus adjustments
-    refunded: bool
-
-
-def _charged_jobs(cluster: Cluster, job_ids: set[str]) -> dict[tuple, _ChargedJob]:
-    rows = list(
-        Usage.objects.filter(cluster=cluster, job_id__in=job_ids).values_list(
-            "pk",
-            "job_id",
-            "resource_id",
-            "user_id",
-            "allocation_id",
-            "raw_unit_seconds",
-            "su_amount",
-        )
-    )
-    raw = {row[0]: row[5] for row in rows}
-    net = {row[0]: row[6] for row in rows}
-    refunded = set()
-    adjustments = UsageAdjustment.objects.filter(usage_id__in=raw).order_by("usage_id", "id")
-    for usage_id, kind, delta, adjusted_raw in adjustments.values_list(
-        "usage_id", "kind", "su_delta", "raw_unit_seconds"
-    ):
-        net[usage_id] += delta
-        if adjusted_raw is not None:
-            raw[usage_id] = adjusted_raw
-        if kind == UsageAdjustment.Kind.REFUND:
-            refunded.add(usage_id)
+def _charged_jobs(cluster: Cluster, job_ids: set[str]) -> dict[tuple, ChargeState]:
+    """The jobs of this batch already charged, by usage key, with their charge state."""
+    usage = Usage.objects.filter(cluster=cluster, job_id__in=job_ids)
+    states = charge_states(usage)
     return {
-        (cluster.pk, job_id, res_id, user_id): _ChargedJob(
-            pk, alloc_id, raw[pk], net[pk], pk in refunded
+        (cluster.pk, job_id, resource_id, user_id): states[pk]
+        for pk, job_id, resource_id, user_id in usage.values_list(
+            "pk", "job_id", "resource_id", "user_id"
         )
-        for pk, job_id, res_id, user_id, alloc_id, _, _ in rows
     }
 
 
@@ -947,13 +923,15 @@ def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> Us
     # allocation, so two batches charging the same job to different allocations would
     # never meet on an allocation lock and the second would hit the unique constraint.
     # A cluster's importer posts one batch at a time anyway, so this costs nothing real.
-    Cluster.objects.select_for_update().filter(pk=cluster.pk).first()
+    # no_key: batches still queue on it, but inserts that reference the cluster (a hold,
+    # whose transaction may hold an allocation lock this batch waits for) do not.
+    Cluster.objects.select_for_update(no_key=True).get(pk=cluster.pk)
     # Then the rates charged at: a concurrent rate_correct either waits for this batch
     # (and its re-rating then sees these rows) or committed first (and the values read
     # here are the corrected ones); a concurrent rate_close likewise.
     locked_rates = {
         r.pk: r
-        for r in Rate.objects.select_for_update()
+        for r in Rate.objects.select_for_update(no_key=True)
         .filter(pk__in={rate.pk for _, _, _, rate, _ in charges})
         .order_by("pk")
     }
