@@ -92,7 +92,8 @@ class TestAllocationChangeApply:
             )
         assert excinfo.value.message_dict == {
             "su_delta": [
-                "At most 800.0000 unused SUs can be given back; 200.0000 SUs are already used."
+                "At most 800.0000 unused SUs can be given back; "
+                "200.0000 SUs are used and 0.0000 held."
             ]
         }
 

@@ -376,7 +376,8 @@ class TestChangeRequestApprove:
             services.change_request_approve(actor=dana, request=give_back)
         assert excinfo.value.message_dict == {
             "su_delta": [
-                "At most 800.0000 unused SUs can be given back; 200.0000 SUs are already used."
+                "At most 800.0000 unused SUs can be given back; "
+                "200.0000 SUs are used and 0.0000 held."
             ]
         }
 
