@@ -28,6 +28,7 @@ from allocations.models import (
     Rate,
     RateCorrection,
     Resource,
+    TresMapping,
     Usage,
     UsageAdjustment,
 )
@@ -411,6 +412,19 @@ CASES = [
         "allocations_hold_closed_iff_not_open",
         "open with a close time",
         lambda w: _update(w.hold, closed_at=timezone.now()),
+    ),
+    (
+        "allocations_tresmapping_unique",
+        "blank partition",
+        # Blank, not NULL: "any partition" must clash with itself like any other value.
+        lambda w: _twice(TresMapping, cluster=w.cluster, partition="", tres="cpu", resource=w.gpu),
+    ),
+    (
+        "allocations_tresmapping_scale_positive",
+        "",
+        lambda w: TresMapping.objects.create(
+            cluster=w.cluster, tres="mem", resource=w.gpu, scale=Decimal(0)
+        ),
     ),
     (
         "accounts_organization_unique_name",
