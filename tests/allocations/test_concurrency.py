@@ -9,6 +9,7 @@ the test waits until the other thread's backend is blocked on a lock
 """
 
 import datetime as dt
+import io
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -55,6 +57,13 @@ pytestmark = [
 ]
 
 GPU_RATE = Decimal(2)  # SU per GPU-hour
+
+
+@pytest.fixture(autouse=True)
+def _verify_ledger_afterwards():
+    """After every race, the same check operators run: verify_ledger fails on any drift."""
+    yield
+    call_command("verify_ledger", stdout=io.StringIO())
 
 
 # --- a world built with the services (conftest's fixtures need the `db` fixture) ----------
