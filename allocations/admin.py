@@ -18,6 +18,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from allocations import services
+from allocations.adjustments import rate_correct
 from allocations.forms import (
     AllocationAddForm,
     AllocationChangeForm,
@@ -25,7 +26,7 @@ from allocations.forms import (
     MembershipAddForm,
     MembershipChangeForm,
     ProjectForm,
-    RateCloseForm,
+    RateChangeForm,
     ReasonForm,
     ServiceModelForm,
     show_refusal,
@@ -313,7 +314,7 @@ class TresMappingAdmin(NoDeleteAdmin):
 
 @admin.register(Rate)
 class RateAdmin(ServiceSaveAdmin):
-    form = RateCloseForm
+    form = RateChangeForm
     add_form = ServiceModelForm
     list_display = ("resource", "su_per_unit_hour", "reading", "start", "end", "created_by")
     list_select_related = ("resource__cluster", "created_by")
@@ -326,6 +327,7 @@ class RateAdmin(ServiceSaveAdmin):
     fieldsets = (
         (None, {"fields": ("resource", "su_per_unit_hour", "reading", "start", "reason")}),
         ("End this window", {"fields": ("end", "close_reason")}),
+        ("Correct this rate", {"fields": ("corrected_su_per_unit_hour", "correction_reason")}),
         (None, {"fields": ("created_by", "created", "code")}),
     )
 
@@ -364,11 +366,20 @@ class RateAdmin(ServiceSaveAdmin):
                 end=data["end"],
                 reason=data["reason"],
             )
-        if "end" in form.changed_data:
-            return services.rate_close(
+        saved = None
+        if data.get("corrected_su_per_unit_hour") is not None:
+            rate_correct(
+                actor=request.user,
+                rate=obj,
+                su_per_unit_hour=data["corrected_su_per_unit_hour"],
+                reason=data["correction_reason"],
+            )
+            saved = Rate.objects.get(pk=obj.pk)
+        if "end" in form.changed_data and data["end"] is not None:
+            saved = services.rate_close(
                 actor=request.user, rate=obj, end=data["end"], reason=data["close_reason"]
             )
-        return None
+        return saved
 
 
 @admin.register(RateCorrection)

@@ -68,18 +68,34 @@ class AllocationChangeForm(ServiceModelForm):
     reason = _reason_field()
 
 
-class RateCloseForm(ServiceModelForm):
-    close_reason = _reason_field()
+class RateChangeForm(ServiceModelForm):
+    """An existing window can be ended (or ended earlier) and its value corrected."""
+
+    close_reason = _reason_field("Why the window ends")
+    corrected_su_per_unit_hour = forms.DecimalField(
+        label="Corrected SU per unit-hour",
+        required=False,
+        max_digits=20,
+        decimal_places=6,
+        help_text="The usage charged at this rate is re-rated in the background, as "
+        "adjustments: the original charges stay visible.",
+    )
+    correction_reason = _reason_field("Why the rate is corrected")
+    service_fields = {
+        "su_per_unit_hour": "corrected_su_per_unit_hour",
+        "reason": "correction_reason",
+    }
 
     class Meta:
         model = Rate
         fields = ["end"]
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # A window can be ended (or ended earlier), never reopened: usage may have been
-        # charged at the rate that follows it.
-        self.fields["end"].required = True
+    def clean_end(self):
+        end = self.cleaned_data["end"]
+        # Never reopened: usage may have been charged at the rate that follows it.
+        if end is None and self.instance.end is not None:
+            raise ValidationError("A window that has ended cannot be reopened.")
+        return end
 
 
 class MembershipAddForm(ServiceModelForm):

@@ -542,10 +542,15 @@ class TestRateAdmin:
             ]
         }
 
-    def test_it_only_ends_an_existing_rate(self, signed_in, gpu):
+    def test_it_only_ends_or_corrects_an_existing_rate(self, signed_in, gpu):
         rate = gpu.rates.get()
         page = signed_in.get(url(Rate, "change", rate.pk))
-        assert set(page.context["adminform"].form.fields) == {"end", "close_reason"}
+        assert set(page.context["adminform"].form.fields) == {
+            "end",
+            "close_reason",
+            "corrected_su_per_unit_hour",
+            "correction_reason",
+        }
 
         response = signed_in.post(
             url(Rate, "change", rate.pk),
@@ -556,6 +561,39 @@ class TestRateAdmin:
         rate.refresh_from_db()
         assert rate.end == dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
         assert rate.su_per_unit_hour == 2
+
+    def test_it_corrects_a_rate_and_re_rates_its_usage(
+        self, signed_in, superuser, allocation, bob, gpu, django_capture_on_commit_callbacks
+    ):
+        services.usage_record(
+            cluster=allocation.cluster, record=usage(allocation, bob, gpu, "9", 10)
+        )
+        rate = gpu.rates.get()
+
+        with django_capture_on_commit_callbacks(execute=True):
+            response = signed_in.post(
+                url(Rate, "change", rate.pk),
+                {"corrected_su_per_unit_hour": "3", "correction_reason": "Invoice typo"},
+            )
+
+        assert response.status_code == 302
+        rate.refresh_from_db()
+        assert (rate.su_per_unit_hour, rate.end) == (3, None)
+        correction = rate.corrections.get()
+        assert (correction.actor, correction.reason) == (superuser, "Invoice typo")
+        assert correction.rerated_at is not None
+        allocation.refresh_from_db()
+        assert allocation.su_used == 30  # 10 GPU-hours at 3 SU, the first 20 SU kept visible
+
+    def test_it_refuses_a_correction_without_a_reason_beside_the_field(self, signed_in, gpu):
+        rate = gpu.rates.get()
+        with unchanged():
+            response = signed_in.post(
+                url(Rate, "change", rate.pk), {"corrected_su_per_unit_hour": "3"}
+            )
+        assert response.context["adminform"].form.errors == {
+            "correction_reason": ["Say why the rate is corrected."]
+        }
 
 
 class TestMembershipAdmin:
