@@ -186,6 +186,24 @@ def _with_reason(modeladmin, request, queryset, *, action: str, title: str, appl
     return TemplateResponse(request, "admin/action_reason.html", context)
 
 
+def _status_action(modeladmin, request, queryset, *, action, status, title, write):
+    """A status action with a reason page: write(obj, reason) for each selected object."""
+    return _with_reason(
+        modeladmin,
+        request,
+        queryset,
+        action=action,
+        title=title,
+        apply=lambda reason: apply_each(
+            modeladmin,
+            request,
+            queryset,
+            lambda obj: write(obj, reason),
+            done=f"Set to {status}:",
+        ),
+    )
+
+
 def _changelist_link(model, text: str, **filters) -> str:
     url = reverse(f"admin:allocations_{model._meta.model_name}_changelist")
     return format_html('<a href="{}?{}">{}</a>', url, urlencode(filters), text)
@@ -245,20 +263,15 @@ class ProjectAdmin(ServiceSaveAdmin):
         return project
 
     def _set_status(self, request, queryset, action: str, status: str, title: str):
-        return _with_reason(
+        return _status_action(
             self,
             request,
             queryset,
             action=action,
+            status=status,
             title=title,
-            apply=lambda reason: apply_each(
-                self,
-                request,
-                queryset,
-                lambda project: services.project_set_status(
-                    actor=request.user, project=project, status=status, reason=reason
-                ),
-                done=f"Set to {status}:",
+            write=lambda project, reason: services.project_set_status(
+                actor=request.user, project=project, status=status, reason=reason
             ),
         )
 
@@ -727,20 +740,15 @@ class MembershipAdmin(ServiceSaveAdmin):
 
     def _set_status(self, request, queryset, action: str, status: str, title: str):
         queryset = queryset.select_related("user", "allocation__project", "allocation__cluster")
-        return _with_reason(
+        return _status_action(
             self,
             request,
             queryset,
             action=action,
+            status=status,
             title=title,
-            apply=lambda reason: apply_each(
-                self,
-                request,
-                queryset,
-                lambda membership: services.membership_set_status(
-                    actor=request.user, membership=membership, status=status, reason=reason
-                ),
-                done=f"Set to {status}:",
+            write=lambda membership, reason: services.membership_set_status(
+                actor=request.user, membership=membership, status=status, reason=reason
             ),
         )
 

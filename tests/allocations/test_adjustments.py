@@ -1,8 +1,6 @@
 import dataclasses
 import datetime as dt
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -26,7 +24,7 @@ from allocations.models import (
     UsageAdjustment,
 )
 from allocations.tasks import expire_holds_task, rerate_usage_task
-from tests.allocations.dbstate import db_state, unchanged
+from tests.allocations.dbstate import db_state, in_thread, unchanged, waits_for_lock
 from tests.conftest import usage
 
 MAR = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -428,42 +426,6 @@ class TestTasks:
         assert Hold.objects.get().state == "EXPIRED"
         assert Allocation.objects.get(pk=allocation.pk).su_held == 0
         assert ledger_drift() == []
-
-
-def in_thread(fn):
-    """Starts fn in a thread on its own connection; returns (future, its backend pid)."""
-    pid, ready = [], threading.Event()
-
-    def run():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                pid.append(cursor.fetchone()[0])
-            ready.set()
-            return fn()
-        except Exception as exc:  # the outcome under test
-            return exc
-        finally:
-            ready.set()
-            connection.close()
-
-    pool = ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(run)
-    pool.shutdown(wait=False)
-    assert ready.wait(timeout=30) and pid, "the thread did not connect"
-    return future, pid[0]
-
-
-def waits_for_lock(pid: int, future) -> bool:
-    deadline = time.monotonic() + 10
-    with connection.cursor() as cursor:
-        while not future.done():
-            cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
-            if cursor.fetchone()[0] == "Lock":
-                return True
-            assert time.monotonic() < deadline, "the batch neither finished nor waited"
-            time.sleep(0.005)
-    return False
 
 
 @pytest.mark.django_db(transaction=True)

@@ -11,7 +11,6 @@ the test waits until the other thread's backend is blocked on a lock
 import datetime as dt
 import io
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +44,7 @@ from allocations.models import (
     Usage,
     UsageAdjustment,
 )
+from tests.allocations.dbstate import in_thread, wait_until_blocked, waits_for_lock
 from tests.conftest import RATE_START, make_user
 
 pytestmark = [
@@ -175,53 +175,10 @@ class Paused:
             self._pool.shutdown()
 
 
-def in_thread(fn: Callable[[], object]):
-    """Starts fn in a thread on its own connection; returns (future, its backend pid)."""
-    pid = []
-    ready = threading.Event()
-
-    def run():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                pid.append(cursor.fetchone()[0])
-            ready.set()
-            return fn()
-        except Exception as exc:
-            return exc
-        finally:
-            ready.set()
-            connection.close()
-
-    pool = ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(run)
-    pool.shutdown(wait=False)
-    assert ready.wait(timeout=30) and pid, "the thread did not connect"
-    return future, pid[0]
-
-
 def lock_allocations(*allocations: Allocation) -> None:
     """The lock a usage batch takes on its allocations (of the rows themselves only)."""
     pks = [a.pk for a in allocations]
     list(Allocation.objects.select_for_update().filter(pk__in=pks).order_by("pk"))
-
-
-def waits_for_lock(pid: int, future, timeout: float = 10) -> bool:
-    """Whether the backend `pid` ends up waiting for a lock before `future` is done."""
-    deadline = time.monotonic() + timeout
-    with connection.cursor() as cursor:
-        while not future.done():
-            cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
-            row = cursor.fetchone()
-            if row and row[0] == "Lock":
-                return True
-            assert time.monotonic() < deadline, f"backend {pid} neither finished nor waited"
-            time.sleep(0.005)
-    return False
-
-
-def wait_until_blocked(pid: int, future) -> None:
-    assert waits_for_lock(pid, future), f"backend {pid} finished without waiting for a lock"
 
 
 # --- checks ---------------------------------------------------------------------------------

@@ -1,7 +1,5 @@
 import datetime as dt
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -21,7 +19,7 @@ from allocations.admission import (
 )
 from allocations.ledger import ledger_drift
 from allocations.models import Allocation, Hold, Membership, Status, Usage
-from tests.allocations.dbstate import unchanged
+from tests.allocations.dbstate import in_thread, unchanged, wait_until_blocked
 from tests.conftest import usage
 
 NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
@@ -371,42 +369,6 @@ class TestHoldsExpire:
 
         assert sorted(Hold.objects.values_list("state", flat=True)) == ["RELEASED", "SETTLED"]
         assert ledger_drift() == []
-
-
-def in_thread(fn):
-    """Starts fn in a thread on its own connection; returns (future, its backend pid)."""
-    pid, ready = [], threading.Event()
-
-    def run():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                pid.append(cursor.fetchone()[0])
-            ready.set()
-            return fn()
-        except Exception as exc:  # the outcome under test
-            return exc
-        finally:
-            ready.set()
-            connection.close()
-
-    pool = ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(run)
-    pool.shutdown(wait=False)
-    assert ready.wait(timeout=30) and pid, "the thread did not connect"
-    return future, pid[0]
-
-
-def wait_until_blocked(pid: int, future) -> None:
-    deadline = time.monotonic() + 10
-    with connection.cursor() as cursor:
-        while not future.done():
-            cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
-            if cursor.fetchone()[0] == "Lock":
-                return
-            assert time.monotonic() < deadline, "the batch neither finished nor waited"
-            time.sleep(0.005)
-    raise AssertionError("the batch finished without waiting for the hold's lock")
 
 
 @pytest.mark.django_db(transaction=True)
