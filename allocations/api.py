@@ -13,7 +13,7 @@ from allocations import admission as admission_service
 from allocations.adjustments import usage_refund
 from allocations.admission import UNKNOWN, Admission, AdmissionRefused
 from allocations.ingest import usage_ingest
-from allocations.models import Cluster, Hold, Membership
+from allocations.models import Allocation, Cluster, Hold, Membership
 from allocations.selectors import (
     allocation_list_for,
     allocation_list_for_cluster,
@@ -94,7 +94,9 @@ class HoldViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     """Holds (liens): SUs reserved for a job until its usage arrives or it is released."""
 
     serializer_class = HoldOutputSerializer
+    queryset = Hold.objects.none()  # for the schema; get_queryset scopes every request
     lookup_field = "code"
+    lookup_value_converter = "uuid"
 
     def get_queryset(self):
         qs = Hold.objects.select_related("cluster", "allocation", "user", "resource")
@@ -170,7 +172,9 @@ class AllocationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     """Allocations the caller may see, with their balances."""
 
     serializer_class = AllocationOutputSerializer
+    queryset = Allocation.objects.none()  # for the schema; get_queryset scopes every request
     lookup_field = "code"
+    lookup_value_converter = "uuid"
 
     def get_queryset(self):
         if isinstance(self.request.auth, ApiToken):
