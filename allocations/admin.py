@@ -100,16 +100,14 @@ class ServiceSaveAdmin(NoDeleteAdmin):
     The service is the validation, so its rules are not repeated in form clean(): when it
     refuses, the admin's transaction rolls back and the same POST is shown again with the
     refusal on the form (ServiceModelForm), beside the field it names.
+
+    Each subclass defines save_with_service(request, obj, form, change): it writes through
+    a service and returns the object it saved, or None when `obj` itself is up to date.
     """
 
     form = ServiceModelForm
     add_form: type[ServiceModelForm] | None = None
     add_fieldsets = None
-
-    def save_with_service(self, request, obj, form, change):
-        """Writes through a service; returns the object it saved, or None when `obj`
-        itself is up to date."""
-        raise NotImplementedError
 
     def get_fieldsets(self, request, obj=None):
         if obj is None and self.add_fieldsets is not None:

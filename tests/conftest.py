@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from accounts.services import organization_create, user_create
 from allocations import services
@@ -15,6 +16,9 @@ from allocations.models import Cluster, Resource
 START = dt.date(2026, 1, 1)
 END = dt.date(2026, 12, 31)
 RATE_START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+# "Now" for tests that freeze the clock: inside the fixtures' 2026 allocation, so they do
+# not start failing once the calendar passes its end.
+NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -132,3 +136,13 @@ def usage(allocation, user, resource, job_id: str, unit_hours, when=None):
         raw_unit_seconds=Decimal(str(unit_hours)) * 3600,
         charged_at=when or timezone.make_aware(dt.datetime(2026, 3, 1, 12)),
     )
+
+
+def client_for(user=None, secret=None) -> APIClient:
+    """An API client signed in as `user` (a session) or carrying an importer token."""
+    client = APIClient()
+    if user is not None:
+        client.force_login(user)
+    if secret is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client

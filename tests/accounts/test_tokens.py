@@ -11,9 +11,8 @@ from accounts.models import ApiToken
 from accounts.tokens import api_token_check, api_token_issue, api_token_revoke
 from allocations.models import Cluster
 from tests.allocations.dbstate import unchanged
-from tests.conftest import make_user
+from tests.conftest import NOW, make_user
 
-NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
 URL = "/api/v1/allocations/"
 
 

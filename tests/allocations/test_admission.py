@@ -10,9 +10,8 @@ from allocations.admission import Reason, admission_check, charge_refusal
 from allocations.conversion import su_for
 from allocations.models import Allocation, Cluster, Membership, Project, Resource, Status
 from tests.allocations.dbstate import unchanged
-from tests.conftest import END, START, make_user, usage
+from tests.conftest import END, NOW, START, make_user, usage
 
-NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
 MAR = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 SECOND = dt.timedelta(seconds=1)
 STATUSES = [Status.ACTIVE, Status.INACTIVE, Status.DELETED]

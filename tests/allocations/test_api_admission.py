@@ -1,4 +1,3 @@
-import datetime as dt
 import json
 
 import pytest
@@ -9,9 +8,8 @@ from accounts.tokens import api_token_issue, api_token_revoke
 from allocations import services
 from allocations.models import Cluster, Resource, Status
 from tests.allocations.dbstate import unchanged
-from tests.conftest import make_user, usage
+from tests.conftest import NOW, make_user, usage
 
-NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
 URL = "/api/v1/admission/"
 
 

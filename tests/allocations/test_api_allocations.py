@@ -1,5 +1,3 @@
-import datetime as dt
-
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -10,24 +8,14 @@ from accounts.tokens import api_token_issue
 from allocations import services
 from allocations.admission import hold_create
 from allocations.models import Allocation, Cluster, Resource
-from tests.conftest import END, START, make_user, usage
+from tests.conftest import END, NOW, START, client_for, make_user, usage
 
-NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
 URL = "/api/v1/allocations/"
 
 
 @pytest.fixture(autouse=True)
 def clock(monkeypatch):
     monkeypatch.setattr(timezone, "now", lambda: NOW)
-
-
-def client_for(user=None, secret=None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.force_login(user)
-    if secret is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 def names(response) -> list[str]:

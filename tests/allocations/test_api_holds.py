@@ -10,24 +10,14 @@ from allocations.admission import hold_create
 from allocations.ledger import ledger_drift
 from allocations.models import Allocation, Cluster, Hold, Membership, Resource
 from tests.allocations.dbstate import unchanged
-from tests.conftest import END, START, make_user
+from tests.conftest import END, NOW, START, client_for, make_user
 
-NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
 URL = "/api/v1/holds/"
 
 
 @pytest.fixture(autouse=True)
 def clock(monkeypatch):
     monkeypatch.setattr(timezone, "now", lambda: NOW)
-
-
-def client_for(user=None, secret=None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.force_login(user)
-    if secret is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 @pytest.fixture

@@ -8,18 +8,9 @@ from allocations import services
 from allocations.ledger import ledger_drift
 from allocations.models import Allocation, Usage, UsageAdjustment
 from tests.allocations.dbstate import unchanged
-from tests.conftest import usage
+from tests.conftest import client_for, usage
 
 URL = "/api/v1/refunds/"
-
-
-def client_for(user=None, secret=None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.force_login(user)
-    if secret is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 @pytest.fixture

@@ -20,9 +20,8 @@ from allocations.admission import (
 from allocations.ledger import ledger_drift
 from allocations.models import Allocation, Hold, Membership, Status, Usage
 from tests.allocations.dbstate import in_thread, unchanged, wait_until_blocked
-from tests.conftest import usage
+from tests.conftest import NOW, usage
 
-NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 
 
