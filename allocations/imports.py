@@ -293,6 +293,9 @@ def _count_rows(upload: IO[bytes], fmt: str) -> int:
         if not isinstance(document, dict) or not isinstance(document.get("jobs"), list):
             raise ValidationError({"file": 'No "jobs" list: not a slurmdb jobs response.'})
         return len(document["jobs"]) + len(document.get("errors") or [])
+    if b"\x00" in stream.read(64 * 1024):
+        raise ValidationError({"file": "This is not a text file (it holds binary data)."})
+    stream.seek(0)
     rows = size = 0
     header = fmt != "sacct"  # a sacct file's first line names its columns
     for number, line in enumerate(stream, start=1):
@@ -416,6 +419,10 @@ class Outcome(enum.StrEnum):
 
 class _Lost(Exception):
     pass
+
+
+class ImportNotResumable(ValidationError):
+    """The import is done, or still has a live runner."""
 
 
 class _Unreadable(Exception):
@@ -625,12 +632,11 @@ def usage_import_resume(
         _require_importer(usage_import.cluster, actor, token)
     locked = UsageImport.objects.select_for_update().get(pk=usage_import.pk)
     if not (locked.state == State.FAILED or is_stale(locked)):
-        raise ValidationError(
+        raise ImportNotResumable(
             {
                 "state": f"This import is {locked.state}: only a failed import, or one with "
                 f"no sign of life for {settings.IMPORT_STALE_SECONDS} s, can be resumed."
-            },
-            code="not_resumable",
+            }
         )
     _requeue(locked.pk)
     _enqueue(locked)
@@ -647,7 +653,7 @@ def usage_imports_resume_stale() -> int:
     for usage_import in stale.select_related("cluster"):
         try:
             usage_import_resume(usage_import=usage_import)
-        except ValidationError:
+        except ImportNotResumable:
             continue  # it came back to life meanwhile
         count += 1
     return count
