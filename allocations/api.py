@@ -1,8 +1,6 @@
 """The ledger's API: allocations and balances, admission checks, holds, refunds, usage
 and background imports."""
 
-import csv
-
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -25,6 +23,7 @@ from allocations.selectors import (
     allocation_list_for,
     allocation_list_for_cluster,
     usage_import_list_for,
+    usage_import_rejects_csv,
     user_administers_cluster,
     user_manages_project,
 )
@@ -313,8 +312,9 @@ class UsageImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     def rejects(self, request, code=None):
         """The rejected lines as CSV, with their line numbers and reasons."""
         usage_import = self.get_object()
-        rows = usage_import.rejects.order_by("id").values_list("line", "job_id", "field", "reason")
-        response = StreamingHttpResponse(_csv_rows(rows), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(
+            usage_import_rejects_csv(usage_import), content_type="text/csv; charset=utf-8"
+        )
         name = f"rejects-{usage_import.code}.csv"
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response
@@ -334,14 +334,3 @@ class UsageImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             raise NotResumable(exc.messages[0]) from None
         body = UsageImportOutputSerializer(usage_import, context={"request": request}).data
         return Response(body, status=status.HTTP_202_ACCEPTED)
-
-
-def _csv_rows(rows):
-    class Echo:
-        def write(self, value):
-            return value
-
-    writer = csv.writer(Echo())
-    yield writer.writerow(("line", "job_id", "field", "reason"))
-    for line, job_id, field, reason in rows.iterator():
-        yield writer.writerow(("" if line is None else line, job_id, field, reason))

@@ -1,7 +1,9 @@
 """Reads: who may see or act on what, and the querysets pages and the API share."""
 
+import csv
 import datetime as dt
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -138,3 +140,17 @@ def usage_import_progress(usage_import: UsageImport, *, now: dt.datetime | None 
             since = ((now or timezone.now()) - usage_import.heartbeat_at).total_seconds()
             eta = max(0, math.ceil(max(total - done, 0) * seconds / rows - since))
     return ImportProgress(percent, done, total, speed, eta)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def usage_import_rejects_csv(usage_import: UsageImport) -> Iterator[str]:
+    """The import's rejects as CSV rows (line,job_id,field,reason), streamed."""
+    writer = csv.writer(_Echo())
+    yield writer.writerow(("line", "job_id", "field", "reason"))
+    rows = usage_import.rejects.order_by("id").values_list("line", "job_id", "field", "reason")
+    for line, job_id, field, reason in rows.iterator():
+        yield writer.writerow(("" if line is None else line, job_id, field, reason))
