@@ -967,7 +967,7 @@ class UsageImport(models.Model):
             ),
             models.CheckConstraint(
                 condition=(Q(state__in=["done", "failed"]) & Q(finished_at__isnull=False))
-                | (Q(state__in=["queued", "running"]) & Q(finished_at__isnull=True)),
+                | (~Q(state__in=["done", "failed"]) & Q(finished_at__isnull=True)),
                 name="allocations_usageimport_finished_iff_ended",
             ),
         ]
