@@ -12,6 +12,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
@@ -250,6 +251,17 @@ class TestRun:
         assert counters(usage_import)["rejected_lines"] == 3
         assert counters(usage_import)["uncharged_jobs"] == SACCT_JOBS - 2
 
+    def test_slurmrestd_charges_the_same_jobs_and_rejects_by_index(self, site, dana):
+        usage_import = create(site, dana, RESTD.read_bytes(), "slurmrestd", batch_size=3)
+
+        assert usage_import_run(code=usage_import.code) == Outcome.DONE
+
+        assert used() == expected(SACCT_CHARGES)
+        # jobs[15], job 4980, lost its time and tres: the counterpart of sacct's line 46.
+        assert [row[:2] for row in reject_rows(usage_import)] == [(15, "")]
+        assert counters(usage_import)["checkpoint"] == usage_import.rows_total
+        assert ledger_drift() == []
+
     def test_a_file_broken_after_upload_fails_the_import_with_the_reason(self, site, dana):
         usage_import = create(site, dana, gzip.compress(SACCT.read_bytes()))
         data = gzip.compress(SACCT.read_bytes())
@@ -380,6 +392,27 @@ class TestResume:
         assert trace.duplicates == 0  # nothing committed was posted again
         assert trace.attempts == 2
         assert ledger_drift() == []
+
+    def test_a_task_out_of_time_hands_over_from_its_checkpoint(self, trace, monkeypatch):
+        whole = self._uninterrupted(trace)
+        real = imports.usage_ingest
+        calls = []
+
+        def ingest(**kwargs):
+            calls.append(1)
+            if len(calls) == 10:
+                raise SoftTimeLimitExceeded
+            return real(**kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(imports, "usage_ingest", ingest)
+            assert usage_import_run(code=trace.code) == Outcome.PAUSED
+        trace.refresh_from_db()
+        assert (trace.state, trace.runner, trace.error) == (State.QUEUED, None, "")
+        assert 0 < trace.checkpoint < trace.rows_total
+
+        assert usage_import_run(code=trace.code) == Outcome.DONE
+        assert _snapshot(trace) == whole
 
     def test_only_failed_or_stale_imports_are_resumed(self, trace, dana, charlie, settings):
         with pytest.raises(ImportNotResumable, match="queued"):
