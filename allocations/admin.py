@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import model_ngettext, unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpResponseRedirect
+from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -29,8 +29,10 @@ from allocations.forms import (
     RateChangeForm,
     ReasonForm,
     ServiceModelForm,
+    UsageImportForm,
     show_refusal,
 )
+from allocations.imports import is_stale, usage_import_create, usage_import_resume
 from allocations.models import (
     Allocation,
     AllocationChange,
@@ -49,6 +51,12 @@ from allocations.models import (
     TresMapping,
     Usage,
     UsageAdjustment,
+    UsageImport,
+)
+from allocations.selectors import (
+    usage_import_list_for,
+    usage_import_progress,
+    usage_import_rejects_csv,
 )
 
 # --- shared pieces -------------------------------------------------------------------
@@ -826,3 +834,156 @@ class HoldAdmin(ReadOnlyAdmin):
     search_fields = ("=job_id", "=user__username", "=allocation__name")
     autocomplete_fields = ("cluster", "allocation", "user", "resource", "actor")
     date_hierarchy = "created"
+
+
+# --- background usage imports --------------------------------------------------------------
+
+
+@admin.register(UsageImport)
+class UsageImportAdmin(NoDeleteAdmin):
+    """Uploaded accounting files and their progress. The add page is the upload form; an
+    import is never edited, only resumed. A cluster admin sees the imports of their
+    clusters (the same rule as the API)."""
+
+    list_display = (
+        "original_name",
+        "cluster",
+        "format",
+        "state",
+        "progress",
+        "jobs_charged",
+        "rejected_lines",
+        "su_charged",
+        "starter",
+        "created",
+    )
+    list_filter = ("state", "format", "cluster")
+    search_fields = ("original_name", "=code")
+    date_hierarchy = "created"
+    change_form_template = "admin/allocations/usageimport/change_form.html"
+    fieldsets = (
+        (None, {"fields": ("cluster", "format", "tz", "original_name", "size", "starter")}),
+        ("Progress", {"fields": ("state", "progress", "error", "attempts")}),
+        (
+            "Counts",
+            {
+                "fields": (
+                    "jobs_charged",
+                    "usage_created",
+                    "duplicates",
+                    "corrected",
+                    "skipped",
+                    "rejected_lines",
+                    "uncharged_jobs",
+                    "su_charged",
+                )
+            },
+        ),
+        (None, {"fields": ("code", "created", "started_at", "heartbeat_at", "finished_at")}),
+    )
+
+    def get_queryset(self, request):
+        return usage_import_list_for(user=request.user)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [name for _, options in self.fieldsets for name in options["fields"]]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_resume_permission(self, request, obj=None):
+        return request.user.has_perm("allocations.add_usageimport")
+
+    @admin.display(description="Started by")
+    def starter(self, usage_import: UsageImport) -> str:
+        return usage_import.started_by
+
+    @admin.display(description="Progress")
+    def progress(self, usage_import: UsageImport) -> str:
+        p = usage_import_progress(usage_import)
+        text = f"{p.percent}% ({p.rows_done:,} of {p.rows_total:,} rows"
+        if p.rows_per_second is not None:
+            text += f", {p.rows_per_second} rows/s"
+        if p.eta_seconds is not None:
+            text += f", about {p.eta_seconds:,} s left"
+        return text + ")"
+
+    def get_urls(self):
+        def view(suffix, func):
+            return path(
+                f"<path:object_id>/{suffix}/",
+                self.admin_site.admin_view(func),
+                name=f"allocations_usageimport_{suffix}",
+            )
+
+        custom = [view("rejects", self.rejects_view), view("resume", self.resume_view)]
+        return [*custom, *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        usage_import = self.get_object(request, unquote(object_id))
+        resumable = (
+            usage_import is not None
+            and self.has_resume_permission(request)
+            and (usage_import.state == UsageImport.State.FAILED or is_stale(usage_import))
+        )
+        extra_context = {**(extra_context or {}), "resumable": resumable}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """The "Import usage" page: the upload form."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = UsageImportForm(request.POST or None, request.FILES or None, user=request.user)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                usage_import = usage_import_create(
+                    actor=request.user,
+                    cluster=data["cluster"],
+                    fmt=data["format"],
+                    tz=data["tz"],
+                    upload=data["file"],
+                )
+            except (ValidationError, PermissionDenied) as refusal:
+                show_refusal(form, refusal)
+            else:
+                self.message_user(
+                    request, f"{usage_import.original_name}: queued for import.", messages.SUCCESS
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:allocations_usageimport_change", args=[usage_import.pk])
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Import usage",
+            "opts": self.opts,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/allocations/usageimport/upload.html", context)
+
+    def rejects_view(self, request, object_id):
+        usage_import = self.get_object(request, unquote(object_id))
+        if usage_import is None or not self.has_view_permission(request, usage_import):
+            raise Http404
+        response = StreamingHttpResponse(
+            usage_import_rejects_csv(usage_import), content_type="text/csv; charset=utf-8"
+        )
+        name = f"rejects-{usage_import.code}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+
+    def resume_view(self, request, object_id):
+        usage_import = self.get_object(request, unquote(object_id))
+        if usage_import is None:
+            raise Http404
+        if request.method != "POST" or not self.has_resume_permission(request, usage_import):
+            raise PermissionDenied
+        try:
+            usage_import_resume(usage_import=usage_import, actor=request.user)
+        except (ValidationError, PermissionDenied) as refusal:
+            self.message_user(request, _refusal_text(refusal), messages.ERROR)
+        else:
+            self.message_user(request, f"{usage_import.original_name}: resumed.", messages.SUCCESS)
+        return HttpResponseRedirect(
+            reverse("admin:allocations_usageimport_change", args=[usage_import.pk])
+        )

@@ -1,22 +1,29 @@
-"""The ledger's API: allocations and balances, admission checks, holds and refunds."""
+"""The ledger's API: allocations and balances, admission checks, holds, refunds, usage
+and background imports."""
 
+from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, renderers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied
-from rest_framework.parsers import JSONParser
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from accounts.models import ApiToken
 from allocations import admission as admission_service
 from allocations.adjustments import usage_refund
 from allocations.admission import UNKNOWN, Admission, AdmissionRefused
+from allocations.imports import ImportNotResumable, usage_import_create, usage_import_resume
 from allocations.ingest import usage_ingest
-from allocations.models import Allocation, Cluster, Hold, Membership
+from allocations.models import Allocation, Cluster, Hold, Membership, UsageImport
 from allocations.selectors import (
     allocation_list_for,
     allocation_list_for_cluster,
+    usage_import_list_for,
+    usage_import_rejects_csv,
     user_administers_cluster,
     user_manages_project,
 )
@@ -32,6 +39,8 @@ from allocations.serializers import (
     RefundInputSerializer,
     UsageBatchInputSerializer,
     UsageBatchOutputSerializer,
+    UsageImportInputSerializer,
+    UsageImportOutputSerializer,
 )
 
 
@@ -234,3 +243,94 @@ class UsageViewSet(viewsets.ViewSet):
         cluster = cluster_for(request, envelope.validated_data["cluster"])
         result = usage_ingest(cluster=cluster, records=request.data["records"])
         return Response(UsageBatchOutputSerializer(result).data)
+
+
+class CsvRenderer(renderers.BaseRenderer):
+    """Lets a client ask for text/csv; the rejects action answers with its own response."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return str(data).encode() if data is not None else b""
+
+
+class NotResumable(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This import cannot be resumed now."
+    default_code = "not_resumable"
+
+
+class UsageImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Background imports of scheduler accounting files (sacct, slurmrestd, SWF): an
+    importer token sees and starts those of its own cluster, a cluster admin those of
+    their clusters, a superuser all."""
+
+    serializer_class = UsageImportOutputSerializer
+    queryset = UsageImport.objects.none()  # for the schema; get_queryset scopes every request
+    lookup_field = "code"
+    lookup_value_converter = "uuid"
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_queryset(self):
+        token = self.request.auth if isinstance(self.request.auth, ApiToken) else None
+        return usage_import_list_for(user=self.request.user, token=token)
+
+    @extend_schema(
+        request={"multipart/form-data": UsageImportInputSerializer},
+        responses={202: UsageImportOutputSerializer},
+    )
+    def create(self, request):
+        """Stores the file and queues its import (202). The file is read through first: a
+        truncated or corrupt gzip, binary data or a file too large is refused with 400
+        and nothing is stored."""
+        data = UsageImportInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        cluster = cluster_for(request, v["cluster"])
+        token = request.auth if isinstance(request.auth, ApiToken) else None
+        usage_import = usage_import_create(
+            cluster=cluster,
+            fmt=v["format"],
+            upload=v["file"],
+            tz=v.get("tz", ""),
+            actor=_actor(request),
+            token=token,
+        )
+        body = UsageImportOutputSerializer(usage_import, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        responses={
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.STR, description="line,job_id,field,reason; one row per reject."
+            )
+        }
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, CsvRenderer])
+    def rejects(self, request, code=None):
+        """The rejected lines as CSV, with their line numbers and reasons."""
+        usage_import = self.get_object()
+        response = StreamingHttpResponse(
+            usage_import_rejects_csv(usage_import), content_type="text/csv; charset=utf-8"
+        )
+        name = f"rejects-{usage_import.code}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+
+    @extend_schema(request=None, responses={202: UsageImportOutputSerializer})
+    @action(detail=True, methods=["post"])
+    def resume(self, request, code=None):
+        """Queues a failed import again, or one whose worker stopped (no heartbeat for
+        IMPORT_STALE_SECONDS); it goes on from its checkpoint, charging nothing twice."""
+        usage_import = self.get_object()
+        token = request.auth if isinstance(request.auth, ApiToken) else None
+        try:
+            usage_import = usage_import_resume(
+                usage_import=usage_import, actor=_actor(request), token=token
+            )
+        except ImportNotResumable as exc:
+            raise NotResumable(exc.messages[0]) from None
+        body = UsageImportOutputSerializer(usage_import, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)

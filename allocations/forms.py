@@ -4,7 +4,7 @@ and a refusal from a service is shown on the form by show_refusal()."""
 from django import forms
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from allocations.models import ChangeRequest, Rate
+from allocations.models import ChangeRequest, Cluster, Rate, UsageImport
 
 
 def show_refusal(
@@ -136,3 +136,24 @@ class DecideForm(forms.Form):
     reason = _reason_field("Reason or comment")
 
     service_fields = {"text": "reason", "su_delta": "su_approved"}
+
+
+class UsageImportForm(forms.Form):
+    """The admin's "Import usage" page; usage_import_create checks the file itself."""
+
+    cluster = forms.ModelChoiceField(queryset=Cluster.objects.none())
+    format = forms.ChoiceField(choices=UsageImport.Format.choices)
+    tz = forms.CharField(
+        label="Time zone",
+        max_length=64,
+        required=False,
+        help_text="sacct only: the zone sacct printed times in (blank: UTC, as with TZ=UTC).",
+    )
+    file = forms.FileField(help_text="The accounting file, plain text or gzip.")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        clusters = Cluster.objects.order_by("name")
+        if not user.is_superuser:
+            clusters = clusters.filter(admins=user)
+        self.fields["cluster"].queryset = clusters

@@ -847,3 +847,159 @@ class TresMapping(models.Model):
     def clean(self) -> None:
         if self.resource_id and self.cluster_id and self.resource.cluster_id != self.cluster_id:
             raise ValidationError({"resource": "Choose a resource of this cluster."})
+
+
+def _import_path(instance: "UsageImport", filename: str) -> str:
+    # The uploader's file name stays in original_name; on disk only the import's code, so
+    # no name a client chose ever becomes a path.
+    return f"imports/{instance.code}"
+
+
+class UsageImport(models.Model):
+    """An uploaded scheduler accounting file, charged in the background (imports.py).
+
+    `checkpoint` counts the parser items whose effects (charges, rejects, counters) are
+    committed; each batch moves it in the same transaction as its charge, so a run that
+    dies anywhere is resumed after the last committed batch and nothing is counted twice.
+    `runner` identifies the process holding the import while it is RUNNING; it proves it
+    is alive by `heartbeat_at`.
+    """
+
+    class Format(models.TextChoices):
+        SACCT = "sacct", "sacct --parsable2"
+        SLURMRESTD = "slurmrestd", "slurmrestd jobs JSON"
+        SWF = "swf", "Standard Workload Format"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="usage_imports")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    token = models.ForeignKey(
+        "accounts.ApiToken", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    format = models.CharField(max_length=16, choices=Format.choices)
+    tz = models.CharField("time zone", max_length=64, blank=True)
+    file = models.FileField(upload_to=_import_path, max_length=200)
+    original_name = models.CharField(max_length=255)
+    size = models.PositiveBigIntegerField(help_text="Bytes, as uploaded.")
+    # Parser items the file holds (sacct and SWF: one per job or step line; slurmrestd:
+    # one per job), counted at upload: the denominator of the progress.
+    rows_total = models.PositiveIntegerField(default=0)
+    batch_size = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    error = models.TextField(blank=True)
+
+    # Where the current run is: reset by every run, which re-reads the file from the start.
+    bytes_read = models.PositiveBigIntegerField(default=0)
+    lines_read = models.PositiveBigIntegerField(default=0)
+    checkpoint = models.PositiveIntegerField(default=0)
+    resumed_from = models.PositiveIntegerField(default=0)
+
+    jobs_charged = models.PositiveIntegerField(default=0)
+    usage_created = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    corrected = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    rejected_lines = models.PositiveIntegerField(default=0)
+    uncharged_jobs = models.PositiveIntegerField(default=0)
+    # Signed: corrections may lower a job's charge.
+    su_charged = su_field(default=0)
+
+    attempts = models.PositiveIntegerField(default=0)
+    runner = models.UUIDField(null=True, blank=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [
+            # The stale sweep: queued or running imports by their last sign of life.
+            models.Index(
+                fields=["heartbeat_at"],
+                condition=Q(state__in=["queued", "running"]),
+                name="alloc_import_unfinished",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=["queued", "running", "done", "failed"]),
+                name="allocations_usageimport_valid_state",
+            ),
+            models.CheckConstraint(
+                condition=Q(format__in=["sacct", "slurmrestd", "swf"]),
+                name="allocations_usageimport_valid_format",
+            ),
+            # Times of slurmrestd and SWF are epoch seconds: a zone would mean nothing.
+            models.CheckConstraint(
+                condition=Q(format="sacct") | Q(tz=""),
+                name="allocations_usageimport_tz_only_for_sacct",
+            ),
+            # Started by a person or by a cluster's importer token, never both or neither.
+            models.CheckConstraint(
+                condition=Q(created_by__isnull=True, token__isnull=False)
+                | Q(created_by__isnull=False, token__isnull=True),
+                name="allocations_usageimport_one_starter",
+            ),
+            models.CheckConstraint(
+                condition=Q(batch_size__gte=1), name="allocations_usageimport_batch_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(resumed_from__lte=F("checkpoint")),
+                name="allocations_usageimport_resumed_within_checkpoint",
+            ),
+            # Only a running import has a runner, and a finished one has its end time.
+            models.CheckConstraint(
+                condition=Q(state="running") | Q(runner__isnull=True),
+                name="allocations_usageimport_runner_only_when_running",
+            ),
+            models.CheckConstraint(
+                condition=(Q(state__in=["done", "failed"]) & Q(finished_at__isnull=False))
+                | (~Q(state__in=["done", "failed"]) & Q(finished_at__isnull=True)),
+                name="allocations_usageimport_finished_iff_ended",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.original_name} on {self.cluster.name} ({self.state})"
+
+    @property
+    def started_by(self) -> str:
+        if self.token_id is not None:
+            return f"importer:{self.cluster.name}:{self.token.prefix}"
+        return self.created_by.username if self.created_by_id else ""
+
+
+class UsageImportReject(models.Model):
+    """A line of an import that was not charged, with why: the rejects CSV."""
+
+    usage_import = models.ForeignKey(UsageImport, on_delete=models.PROTECT, related_name="rejects")
+    # 1-based line of a text file, 0-based index in a slurmrestd jobs list; empty for a
+    # fault of the whole document.
+    line = models.PositiveIntegerField(null=True, blank=True)
+    job_id = models.CharField(max_length=64, blank=True)
+    field = models.CharField(max_length=64, blank=True)
+    reason = models.TextField()
+
+    class Meta:
+        ordering = ["usage_import", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(reason=""), name="allocations_usageimportreject_has_reason"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"

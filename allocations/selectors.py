@@ -1,9 +1,25 @@
 """Reads: who may see or act on what, and the querysets pages and the API share."""
 
-from django.db.models import Q, QuerySet
+import csv
+import datetime as dt
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
 
-from accounts.models import User
-from allocations.models import Allocation, ChangeRequest, Cluster, Membership, Project, Status
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from accounts.models import ApiToken, User
+from allocations.models import (
+    Allocation,
+    ChangeRequest,
+    Cluster,
+    Membership,
+    Project,
+    Status,
+    UsageImport,
+)
 
 # A frozen (INACTIVE) member still sees the allocation and why they cannot charge it; a
 # removed (DELETED) one no longer does.
@@ -77,3 +93,64 @@ def allocation_list_for_cluster(*, cluster: Cluster) -> QuerySet[Allocation]:
     return Allocation.objects.select_related("project", "project__pi", "cluster").filter(
         cluster=cluster
     )
+
+
+def usage_import_list_for(*, user: User, token: ApiToken | None = None) -> QuerySet[UsageImport]:
+    """Imports an importer token (its cluster's), a cluster admin (their clusters') or a
+    superuser (all) may see."""
+    qs = UsageImport.objects.select_related("cluster", "created_by", "token")
+    if token is not None:
+        return qs.filter(cluster_id=token.cluster_id)
+    if user.is_superuser:
+        return qs
+    if not user.is_authenticated:
+        return qs.none()
+    return qs.filter(cluster__admins=user)
+
+
+@dataclass(frozen=True)
+class ImportProgress:
+    percent: int
+    rows_done: int
+    rows_total: int
+    rows_per_second: Decimal | None
+    eta_seconds: int | None
+
+
+def usage_import_progress(usage_import: UsageImport, *, now: dt.datetime | None = None):
+    """How far an import is. Rows are parser items (a sacct or SWF line, a slurmrestd job);
+    the speed is this run's, from its start to its last heartbeat, and the ETA is the
+    rows left at that speed, counted from the last heartbeat."""
+    done, total = usage_import.checkpoint, usage_import.rows_total
+    finished = usage_import.state == UsageImport.State.DONE
+    if finished:
+        percent = 100
+    elif total:
+        # Never 100 before the end: the last batch and the final bookkeeping are still due.
+        percent = min(99, done * 100 // total)
+    else:
+        percent = min(99, usage_import.bytes_read * 100 // max(usage_import.size, 1))
+    speed = eta = None
+    running = usage_import.state == UsageImport.State.RUNNING
+    if running and usage_import.started_at and usage_import.heartbeat_at:
+        seconds = (usage_import.heartbeat_at - usage_import.started_at).total_seconds()
+        rows = done - usage_import.resumed_from
+        if seconds > 0 and rows > 0:
+            speed = (Decimal(rows) / Decimal(seconds)).quantize(Decimal("0.1"))
+            since = ((now or timezone.now()) - usage_import.heartbeat_at).total_seconds()
+            eta = max(0, math.ceil(max(total - done, 0) * seconds / rows - since))
+    return ImportProgress(percent, done, total, speed, eta)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def usage_import_rejects_csv(usage_import: UsageImport) -> Iterator[str]:
+    """The import's rejects as CSV rows (line,job_id,field,reason), streamed."""
+    writer = csv.writer(_Echo())
+    yield writer.writerow(("line", "job_id", "field", "reason"))
+    rows = usage_import.rejects.order_by("id").values_list("line", "job_id", "field", "reason")
+    for line, job_id, field, reason in rows.iterator():
+        yield writer.writerow(("" if line is None else line, job_id, field, reason))

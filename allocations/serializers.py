@@ -1,8 +1,13 @@
 """API shapes. Serializers check shape only; the rules live in the services."""
 
+from dataclasses import asdict
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from allocations.models import Allocation, Hold
+from allocations.models import Allocation, Hold, UsageImport
+from allocations.selectors import usage_import_progress
 
 
 class SUField(serializers.CharField):
@@ -131,3 +136,98 @@ class UsageBatchOutputSerializer(serializers.Serializer):
     duplicates = serializers.IntegerField()
     corrected = serializers.IntegerField()
     su_charged = serializers.DecimalField(max_digits=21, decimal_places=4)
+
+
+class UsageImportInputSerializer(serializers.Serializer):
+    cluster = serializers.CharField(max_length=64)
+    format = serializers.ChoiceField(choices=UsageImport.Format.choices)
+    tz = serializers.CharField(
+        max_length=64,
+        required=False,
+        allow_blank=True,
+        help_text="sacct only: the zone sacct printed times in (default UTC).",
+    )
+    file = serializers.FileField(help_text="The accounting file, plain text or gzip.")
+
+
+class ImportProgressSerializer(serializers.Serializer):
+    percent = serializers.IntegerField()
+    rows_done = serializers.IntegerField(help_text="Parser rows handled and committed.")
+    rows_total = serializers.IntegerField(help_text="Rows the file holds, counted at upload.")
+    rows_per_second = serializers.DecimalField(max_digits=12, decimal_places=1, allow_null=True)
+    eta_seconds = serializers.IntegerField(allow_null=True)
+    bytes_read = serializers.IntegerField()
+    lines_read = serializers.IntegerField()
+
+
+class ImportCountersSerializer(serializers.Serializer):
+    jobs_charged = serializers.IntegerField()
+    usage_created = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    corrected = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    rejected_lines = serializers.IntegerField()
+    uncharged_jobs = serializers.IntegerField(help_text="Good jobs of rejected batches.")
+    su_charged = serializers.DecimalField(max_digits=21, decimal_places=4)
+
+
+class ImportLinksSerializer(serializers.Serializer):
+    self = serializers.URLField()
+    rejects = serializers.URLField()
+    resume = serializers.URLField()
+
+
+class UsageImportOutputSerializer(serializers.ModelSerializer):
+    cluster = serializers.CharField(source="cluster.name")
+    started_by = serializers.CharField()
+    progress = serializers.SerializerMethodField()
+    counters = ImportCountersSerializer(source="*")
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = UsageImport
+        fields = [
+            "code",
+            "cluster",
+            "format",
+            "tz",
+            "original_name",
+            "size",
+            "state",
+            "error",
+            "started_by",
+            "attempts",
+            "created",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+            "progress",
+            "counters",
+            "links",
+        ]
+
+    @extend_schema_field(ImportProgressSerializer)
+    def get_progress(self, usage_import: UsageImport) -> dict:
+        progress = usage_import_progress(usage_import)
+        return ImportProgressSerializer(
+            {
+                **asdict(progress),
+                "bytes_read": usage_import.bytes_read,
+                "lines_read": usage_import.lines_read,
+            }
+        ).data
+
+    @extend_schema_field(ImportLinksSerializer)
+    def get_links(self, usage_import: UsageImport) -> dict:
+        request = self.context.get("request")
+        code = usage_import.code
+
+        def url(name: str) -> str:
+            path = reverse(name, kwargs={"code": code})
+            return request.build_absolute_uri(path) if request is not None else path
+
+        return {
+            "self": url("usageimport-detail"),
+            "rejects": url("usageimport-rejects"),
+            "resume": url("usageimport-resume"),
+        }

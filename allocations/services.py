@@ -4,9 +4,9 @@ Conventions:
 - keyword-only arguments; `actor` is the user acting (None for automated work);
 - refusals raise django.core.exceptions.ValidationError (field-level where a field is
   to blame) or PermissionDenied, and leave the database unchanged;
-- lock order, to keep concurrent writers from deadlocking: Project, Cluster,
-  Resource, Rate, Allocation, ChangeRequest, Membership; several rows of one kind in
-  ascending id order.
+- lock order, to keep concurrent writers from deadlocking: UsageImport (imports.py
+  locks it before charging a batch), Project, Cluster, Resource, Rate, Allocation,
+  ChangeRequest, Membership; several rows of one kind in ascending id order.
 """
 
 import bisect

@@ -93,6 +93,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "var" / "static"
+# Uploaded files (usage imports). Never served by URL: they are read by the import
+# worker, which must see the same directory as the web process.
+MEDIA_ROOT = BASE_DIR / (envsecret("MEDIA_ROOT") or "var/media")  # a relative path: to the checkout
 
 # E-mail: printed to the console unless an SMTP host is configured.
 EMAIL_HOST = envsecret("EMAIL_HOST") or ""
@@ -157,7 +160,20 @@ LOGGING = {
 HOLD_GRACE_HOURS = envint("HOLD_GRACE_HOURS", 24)
 HOLD_DEFAULT_TTL_HOURS = envint("HOLD_DEFAULT_TTL_HOURS", 7 * 24)
 
+# Background usage imports (allocations/imports.py). An upload larger than
+# IMPORT_MAX_UPLOAD_BYTES, or whose text (gunzipped) passes IMPORT_MAX_TEXT_BYTES, is refused.
+IMPORT_MAX_UPLOAD_BYTES = envint("IMPORT_MAX_UPLOAD_BYTES", 100 * 1024 * 1024)
+IMPORT_MAX_TEXT_BYTES = envint("IMPORT_MAX_TEXT_BYTES", 2 * 1024 * 1024 * 1024)
+IMPORT_BATCH_SIZE = envint("IMPORT_BATCH_SIZE", 1000)
+# A queued or running import with no sign of life for this long is taken to have lost
+# its worker, and may be resumed.
+IMPORT_STALE_SECONDS = envint("IMPORT_STALE_SECONDS", 300)
+# A run hands over to a fresh task after this long (the checkpoint keeps its place).
+IMPORT_TASK_SOFT_TIME_LIMIT = envint("IMPORT_TASK_SOFT_TIME_LIMIT", 3600)
+IMPORT_TASK_TIME_LIMIT = envint("IMPORT_TASK_TIME_LIMIT", 3900)
+
 # Periodic work run by `celery -A portal beat`; every task is idempotent.
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-holds": {"task": "allocations.expire_holds", "schedule": 15 * 60},
+    "resume-stale-imports": {"task": "allocations.resume_stale_imports", "schedule": 5 * 60},
 }

@@ -165,10 +165,12 @@ def open_text(path: str | PathLike[str]) -> Iterator[Iterator[str]]:
         # Undecodable bytes come from free-text columns (job names); replacing them keeps
         # one odd line from aborting the whole file.
         with io.TextIOWrapper(binary, encoding="utf-8", errors="replace") as text:
-            yield _lines(text, str(path))
+            yield text_lines(text, str(path))
 
 
-def _lines(text: Iterable[str], name: str) -> Iterator[str]:
+def text_lines(text: Iterable[str], name: str) -> Iterator[str]:
+    """The lines of `text` (a text stream, perhaps over a gzip), with a truncated or corrupt
+    gzip raised as a ParseError naming `name`."""
     try:
         yield from text
     except EOFError as exc:

@@ -6,6 +6,7 @@ error and SQLite names CHECK constraints; both are asserted where the database s
 """
 
 import datetime as dt
+import uuid
 from decimal import Decimal
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import CheckConstraint, F
 from django.utils import timezone
 
-from accounts.models import Organization, User
+from accounts.models import ApiToken, Organization, User
 from allocations import services
 from allocations.models import (
     Allocation,
@@ -31,6 +32,8 @@ from allocations.models import (
     TresMapping,
     Usage,
     UsageAdjustment,
+    UsageImport,
+    UsageImportReject,
 )
 from tests.conftest import END, RATE_START, START, usage
 
@@ -126,6 +129,23 @@ def _usage_row(w, **values) -> Usage:
         if f.name not in ("id", "recorded_at")
     }
     return Usage.objects.create(**(fields | values))
+
+
+def _import(w, **values) -> UsageImport:
+    fields = {
+        "cluster": w.cluster,
+        "created_by": w.alice,
+        "format": "sacct",
+        "file": "imports/x",
+        "original_name": "x.txt",
+        "size": 1,
+        "batch_size": 1,
+    }
+    return UsageImport.objects.create(**(fields | values))
+
+
+def _token(w) -> ApiToken:
+    return ApiToken.objects.create(cluster=w.cluster, name="t", prefix="sup_x", hashed="0" * 64)
 
 
 def _hold(w, **values) -> Hold:
@@ -425,6 +445,49 @@ CASES = [
         lambda w: TresMapping.objects.create(
             cluster=w.cluster, tres="mem", resource=w.gpu, scale=Decimal(0)
         ),
+    ),
+    ("allocations_usageimport_valid_state", "", lambda w: _import(w, state="paused")),
+    ("allocations_usageimport_valid_format", "", lambda w: _import(w, format="csv")),
+    (
+        "allocations_usageimport_tz_only_for_sacct",
+        "",
+        lambda w: _import(w, format="swf", tz="UTC"),
+    ),
+    (
+        "allocations_usageimport_one_starter",
+        "nobody",
+        lambda w: _import(w, created_by=None),
+    ),
+    (
+        "allocations_usageimport_one_starter",
+        "a user and a token",
+        lambda w: _import(w, token=_token(w)),
+    ),
+    ("allocations_usageimport_batch_positive", "", lambda w: _import(w, batch_size=0)),
+    (
+        "allocations_usageimport_resumed_within_checkpoint",
+        "",
+        lambda w: _import(w, checkpoint=1, resumed_from=5),
+    ),
+    (
+        "allocations_usageimport_runner_only_when_running",
+        "",
+        lambda w: _import(w, runner=uuid.uuid4()),
+    ),
+    (
+        "allocations_usageimport_finished_iff_ended",
+        "done without a time",
+        lambda w: _import(w, state="done"),
+    ),
+    (
+        "allocations_usageimport_finished_iff_ended",
+        "queued with a time",
+        lambda w: _import(w, finished_at=timezone.now()),
+    ),
+    (
+        "allocations_usageimportreject_has_reason",
+        "",
+        lambda w: UsageImportReject.objects.create(usage_import=_import(w), line=1, reason=""),
     ),
     (
         "accounts_organization_unique_name",

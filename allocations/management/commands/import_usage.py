@@ -13,32 +13,20 @@ import sys
 import time
 import zlib
 from argparse import ArgumentTypeError
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from decimal import Decimal
 from typing import IO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
-from allocations.ingest import MAX_BATCH, usage_ingest
-from allocations.mapping import MappingError, mappings_for, usage_records
+from allocations.imports import FORMATS, ChargeLoop, Counted, Reject, Tally, parse_items
+from allocations.ingest import MAX_BATCH
+from allocations.mapping import mappings_for
 from allocations.models import Cluster
-from allocations.parsers import (
-    JobRecord,
-    ParseError,
-    Skipped,
-    open_text,
-    parse_sacct,
-    parse_slurmrestd,
-    parse_swf,
-)
+from allocations.parsers import ParseError, open_text
 from allocations.parsers.base import GZIP_MAGIC
-from allocations.services import BatchRejected
 
-FORMATS = ("sacct", "slurmrestd", "swf")
 DEFAULT_BATCH = 5000
 # A terminal gets its progress line redrawn at most this often (seconds).
 REDRAW = 0.2
@@ -57,22 +45,6 @@ def _zone(value: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ArgumentTypeError(f"{value!r} is not a time zone (e.g. Europe/Berlin)") from None
     return value
-
-
-class _Counted:
-    """An iterator over lines that counts them, for the progress line."""
-
-    def __init__(self, lines: Iterator[str]):
-        self._lines = lines
-        self.count = 0
-
-    def __iter__(self) -> "_Counted":
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._lines)
-        self.count += 1
-        return line
 
 
 def _stdin_lines(binary: IO[bytes]) -> Iterator[str]:
@@ -187,10 +159,10 @@ class Command(BaseCommand):
                     raise CommandError(f"cannot write {options['rejects']}: {exc}") from None
                 run.rejects = csv.writer(out)
                 run.rejects.writerow(REJECT_COLUMNS)
-            lines = _Counted(stack.enter_context(_input(path, options.get("stdin"))))
+            lines = Counted(stack.enter_context(_input(path, options.get("stdin"))))
             run.lines = lines
             try:
-                run.charge(_items(fmt, lines, tz))
+                run.charge(parse_items(fmt, lines, tz))
             except ParseError as exc:  # a broken file (truncated gzip), not a bad line
                 run.summary("stdin" if path == "-" else path)
                 raise CommandError(
@@ -206,127 +178,73 @@ def _count(n: int, one: str = "line", many: str = "lines") -> str:
     return f"{n:,} {one if n == 1 else many}"
 
 
-def _items(fmt: str, lines: Iterator[str], tz: str | None):
-    if fmt == "sacct":
-        return parse_sacct(lines, tz=tz or "UTC")
-    if fmt == "swf":
-        return parse_swf(lines)
-    return parse_slurmrestd("".join(lines))
-
-
 class _Import:
-    """One run of the command: the batch being filled, the counts, and the reports."""
+    """One run of the command: the sink of its ChargeLoop, which reports rejects and
+    progress on the terminal (and rejects in the CSV)."""
 
     def __init__(self, command, *, cluster, mappings, fmt, batch_size, dry_run, show_progress):
         self.out, self.err = command.stdout, command.stderr
-        self.cluster, self.mappings, self.fmt = cluster, mappings, fmt
-        self.batch_size, self.dry_run, self.show_progress = batch_size, dry_run, show_progress
+        self.cluster, self.fmt = cluster, fmt
+        self.dry_run, self.show_progress = dry_run, show_progress
         self.tty = self.err.isatty()
         self.rejects = None
-        self.lines: _Counted | None = None
+        self.lines: Counted | None = None
         self.began = self.drawn = time.monotonic()
-        # The batch: records, and for each the job's input line (batch index -> line).
-        self.batch: list[dict] = []
-        self.origins: list[int] = []
-        self.batches = self.accepted_jobs = self.uncharged_jobs = 0
-        self.created = self.duplicates = self.corrected = 0
-        self.su_charged = Decimal(0)
-        self.skipped: Counter[str] = Counter()
-        self.rejected_lines = 0
+        self.loop = ChargeLoop(
+            cluster=cluster,
+            mappings=mappings,
+            fmt=fmt,
+            batch_size=batch_size,
+            sink=self,
+            dry_run=dry_run,
+        )
 
     def charge(self, items) -> None:
-        for item in items:
-            if isinstance(item, Skipped):
-                self.skipped[str(item.reason)] += 1
-            elif isinstance(item, JobRecord):
-                self._add(item)
-            else:
-                self._reject(item.line, "", "", item.reason, where=item.where)
-            self._progress()
-        self._post()
+        self.loop.run(items)
         self._progress(final=True)
 
-    def _add(self, job: JobRecord) -> None:
-        try:
-            records = usage_records(job, self.mappings)
-        except MappingError as exc:
-            self._reject(job.line, job.job_id, exc.field, str(exc))
-            return
-        # A job's records go in one batch, so a job is never half charged.
-        if self.batch and len(self.batch) + len(records) > self.batch_size:
-            self._post()
-        self.batch.extend(records)
-        self.origins.extend([job.line] * len(records))
+    @property
+    def tally(self) -> Tally:
+        # What was committed and, when a broken file stopped the loop, what was counted
+        # after the last batch.
+        tally = Tally()
+        tally.add(self.loop.total)
+        tally.add(self.loop.pending)
+        return tally
 
-    def _post(self) -> None:
-        if not self.batch:
-            return
-        batch, origins = self.batch, self.origins
-        self.batch, self.origins = [], []
-        self.batches += 1
-        jobs = len(set(origins))
-        try:
-            with transaction.atomic():
-                result = usage_ingest(cluster=self.cluster, records=batch)
-                if self.dry_run:
-                    transaction.set_rollback(True)
-        except BatchRejected as exc:
-            bad: set[int] = set()
-            reported: set[tuple] = set()
-            for error in exc.errors:
-                line = origins[error["index"]]
-                key = (line, error["field"], error["message"])
-                # A job's records share most faults (an unknown user): one report each.
-                if key not in reported:
-                    reported.add(key)
-                    job_id = batch[error["index"]]["job_id"]
-                    self._reject(line, job_id, error["field"], error["message"], count=False)
-                bad.add(line)
-            self.rejected_lines += len(bad)
-            self.uncharged_jobs += jobs - len(bad)
-            return
-        self.accepted_jobs += jobs
-        self.created += result.created
-        self.duplicates += result.duplicates
-        self.corrected += result.corrected
-        self.su_charged += result.su_charged
-        if self.show_progress and not self.tty:
+    def reject(self, reject: Reject) -> None:
+        about = f"job {reject.job_id}: " if reject.job_id else ""
+        about += f"{reject.field}: " if reject.field else ""
+        self._clear()
+        self.err.write(f"{reject.where}: {about}{reject.reason}")
+        if self.rejects is not None:
+            line = "" if reject.line is None else reject.line
+            self.rejects.writerow((line, reject.job_id, reject.field, reject.reason))
+
+    def begin(self) -> None:
+        pass
+
+    def commit(self, *, checkpoint: int, tally: Tally, final: bool) -> None:
+        pass
+
+    def committed(self, *, accepted: bool | None) -> None:
+        if accepted and self.show_progress and not self.tty:
             # Logs get a line per batch rather than a line redrawn in place.
             self.err.write(self._status(), style_func=str)
 
-    def _where(self, line: int | None) -> str:
-        if line is None:
-            return "?"
-        return f"jobs[{line}]" if self.fmt == "slurmrestd" else f"line {line}"
-
-    def _reject(
-        self,
-        line: int | None,
-        job_id: str,
-        field: str,
-        reason: str,
-        *,
-        where: str | None = None,
-        count: bool = True,
-    ) -> None:
-        if count:
-            self.rejected_lines += 1
-        about = f"job {job_id}: " if job_id else ""
-        about += f"{field}: " if field else ""
-        self._clear()
-        self.err.write(f"{where or self._where(line)}: {about}{reason}")
-        if self.rejects is not None:
-            self.rejects.writerow(("" if line is None else line, job_id, field, reason))
+    def progress(self) -> None:
+        self._progress()
 
     def _status(self) -> str:
         seconds = max(time.monotonic() - self.began, 1e-6)
         read = self.lines.count if self.lines else 0
-        skipped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(self.skipped.items()))
+        t = self.tally
+        skipped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(t.skipped.items()))
         return (
-            f"{read:,} lines read, {self.accepted_jobs:,} jobs charged "
-            f"({self.created:,} usage records new, {self.duplicates:,} duplicates, "
-            f"{self.corrected:,} corrected), skipped {sum(self.skipped.values()):,}"
-            f"{f' ({skipped})' if skipped else ''}, {self.rejected_lines:,} rejected, "
+            f"{read:,} lines read, {t.jobs_charged:,} jobs charged "
+            f"({t.usage_created:,} usage records new, {t.duplicates:,} duplicates, "
+            f"{t.corrected:,} corrected), skipped {sum(t.skipped.values()):,}"
+            f"{f' ({skipped})' if skipped else ''}, {t.rejected_lines:,} rejected, "
             f"{read / seconds:,.0f} lines/s"
         )
 
@@ -350,39 +268,39 @@ class _Import:
         read = self.lines.count if self.lines else 0
         verb = "Would charge" if self.dry_run else "Charged"
         write = self.out.write
+        t = self.tally
         if self.dry_run:
             write("Dry run: nothing was written.")
         write(
             f"{path} ({self.fmt}) on cluster {self.cluster.name}: {read:,} lines read in "
-            f"{seconds:.1f} s, {_count(self.batches, 'batch', 'batches')}."
+            f"{seconds:.1f} s, {_count(t.batches, 'batch', 'batches')}."
         )
         write(
-            f"{verb} {self.accepted_jobs:,} jobs: {self.created:,} usage records new, "
-            f"{self.duplicates:,} duplicates, {self.corrected:,} corrected; "
-            f"{self.su_charged} SU."
+            f"{verb} {t.jobs_charged:,} jobs: {t.usage_created:,} usage records new, "
+            f"{t.duplicates:,} duplicates, {t.corrected:,} corrected; "
+            f"{t.su_charged} SU."
         )
-        by_reason = ", ".join(f"{reason} {n:,}" for reason, n in sorted(self.skipped.items()))
-        write(
-            f"Skipped {_count(sum(self.skipped.values()))}{f': {by_reason}' if by_reason else ''}."
-        )
-        write(f"Rejected {_count(self.rejected_lines)}.")
-        if self.uncharged_jobs:
+        by_reason = ", ".join(f"{reason} {n:,}" for reason, n in sorted(t.skipped.items()))
+        write(f"Skipped {_count(sum(t.skipped.values()))}{f': {by_reason}' if by_reason else ''}.")
+        write(f"Rejected {_count(t.rejected_lines)}.")
+        if t.uncharged_jobs:
             write(
-                f"Not charged: {self.uncharged_jobs:,} jobs in rejected batches (a batch is "
+                f"Not charged: {t.uncharged_jobs:,} jobs in rejected batches (a batch is "
                 "all or nothing)."
             )
 
     def fail_on_rejects(self) -> None:
-        if not self.rejected_lines:
+        t = self.tally
+        if not t.rejected_lines:
             return
         uncharged = (
-            f"; {self.uncharged_jobs:,} other jobs of rejected batches were not charged"
-            if self.uncharged_jobs
+            f"; {t.uncharged_jobs:,} other jobs of rejected batches were not charged"
+            if t.uncharged_jobs
             else ""
         )
         listed = "on stderr and in the rejects file" if self.rejects is not None else "on stderr"
         raise CommandError(
-            f"{_count(self.rejected_lines)} rejected (listed {listed}){uncharged}. "
+            f"{_count(t.rejected_lines)} rejected (listed {listed}){uncharged}. "
             "Fix them (users, allocations, members, rates, TRES mappings) and run the same "
             "file again: jobs already charged count as duplicates."
         )
