@@ -1,9 +1,25 @@
 """Reads: who may see or act on what, and the querysets pages and the API share."""
 
+import datetime as dt
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from accounts.models import User
-from allocations.models import Allocation, ChangeRequest, Cluster, Membership, Project, Status
+from allocations.models import (
+    Allocation,
+    ChangeRequest,
+    Cluster,
+    Membership,
+    Project,
+    Status,
+    SyncReport,
+)
+
+if TYPE_CHECKING:
+    from allocations.slurm import DesiredState
 
 # A frozen (INACTIVE) member still sees the allocation and why they cannot charge it; a
 # removed (DELETED) one no longer does.
@@ -77,3 +93,27 @@ def allocation_list_for_cluster(*, cluster: Cluster) -> QuerySet[Allocation]:
     return Allocation.objects.select_related("project", "project__pi", "cluster").filter(
         cluster=cluster
     )
+
+
+def desired_state_for(*, cluster: Cluster, at: dt.datetime | None = None) -> "DesiredState":
+    """What Slurm should enforce on the cluster (allocations/slurm.py), in two queries
+    whatever its size: the allocations with their projects, then every membership of
+    them with its user."""
+    # Imported here: slurm.py needs admission.py, which needs this module.
+    from allocations.slurm import desired_state
+
+    allocations = list(
+        Allocation.objects.filter(cluster=cluster).select_related("project").order_by("name")
+    )
+    memberships: dict[int, list[Membership]] = defaultdict(list)
+    for membership in (
+        Membership.objects.filter(allocation__cluster=cluster)
+        .select_related("user")
+        .order_by("user__username")
+    ):
+        memberships[membership.allocation_id].append(membership)
+    return desired_state(cluster, allocations, memberships, at=at or timezone.now())
+
+
+def sync_report_list_for_cluster(*, cluster: Cluster) -> QuerySet[SyncReport]:
+    return SyncReport.objects.filter(cluster=cluster).select_related("cluster", "token")
