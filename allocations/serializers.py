@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from allocations.models import Allocation, Hold
+from allocations.models import Allocation, Hold, SyncReport
 
 
 class SUField(serializers.CharField):
@@ -131,3 +131,93 @@ class UsageBatchOutputSerializer(serializers.Serializer):
     duplicates = serializers.IntegerField()
     corrected = serializers.IntegerField()
     su_charged = serializers.DecimalField(max_digits=21, decimal_places=4)
+
+
+# --- scheduler sync (allocations/slurm.py) ---------------------------------------------
+
+
+class UserLimitsSerializer(serializers.Serializer):
+    user = serializers.CharField(help_text="The Slurm user name.")
+    status = serializers.CharField(help_text="The membership's status.")
+    may_run = serializers.BooleanField()
+    reason = serializers.CharField(allow_null=True, help_text="Why not, as admission's reasons.")
+    cap = serializers.DecimalField(max_digits=20, decimal_places=4, allow_null=True)
+    remaining_su = serializers.DecimalField(
+        max_digits=21, decimal_places=4, allow_null=True, help_text="Under the cap; null: no cap."
+    )
+    billing_minutes = serializers.IntegerField(
+        allow_null=True,
+        help_text="Headroom of the user association's GrpTRESMins on billing; null: no limit.",
+    )
+    grp_jobs = serializers.IntegerField(allow_null=True, help_text="0 blocks; null: no limit.")
+
+
+class AccountLimitsSerializer(serializers.Serializer):
+    account = serializers.CharField(help_text="The Slurm account: the allocation's name.")
+    allocation = serializers.UUIDField()
+    description = serializers.CharField()
+    status = serializers.CharField(help_text="The allocation's status.")
+    may_run = serializers.BooleanField()
+    reason = serializers.CharField(allow_null=True)
+    remaining_su = serializers.DecimalField(max_digits=21, decimal_places=4)
+    billing_minutes = serializers.IntegerField(
+        help_text="Headroom of the account's GrpTRESMins on billing (remaining SUs, rounded down)."
+    )
+    grp_jobs = serializers.IntegerField(allow_null=True, help_text="0 blocks; null: no limit.")
+    users = UserLimitsSerializer(many=True)
+
+
+class DesiredStateSerializer(serializers.Serializer):
+    cluster = serializers.CharField()
+    generated_at = serializers.DateTimeField()
+    tres = serializers.CharField(help_text="The TRES the minutes are counted on.")
+    su_per_billing_unit_hour = serializers.DecimalField(max_digits=20, decimal_places=6)
+    accounts = AccountLimitsSerializer(many=True)
+
+
+class SyncDriftSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=["missing_account", "missing_user", "limits", "unknown_user"]
+    )
+    account = serializers.CharField(max_length=64)
+    user = serializers.CharField(max_length=150, allow_blank=True, required=False, default="")
+    current = serializers.CharField(max_length=500, allow_blank=True, required=False, default="")
+    desired = serializers.CharField(max_length=500, allow_blank=True, required=False, default="")
+
+
+class SyncReportInputSerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=SyncReport.Mode.choices)
+    succeeded = serializers.BooleanField()
+    drift = SyncDriftSerializer(many=True, max_length=50000)
+    applied = serializers.ListField(
+        child=serializers.CharField(max_length=4000),
+        max_length=50000,
+        help_text="The sacctmgr commands that succeeded, in order.",
+    )
+    error = serializers.CharField(max_length=10000, allow_blank=True, required=False, default="")
+    client_version = serializers.CharField(
+        max_length=32, allow_blank=True, required=False, default=""
+    )
+
+
+class SyncReportOutputSerializer(serializers.ModelSerializer):
+    cluster = serializers.CharField(source="cluster.name")
+    token = serializers.CharField(source="token.name", allow_null=True, default=None)
+    drift = SyncDriftSerializer(many=True)
+    applied = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = SyncReport
+        fields = [
+            "code",
+            "cluster",
+            "created",
+            "mode",
+            "succeeded",
+            "drift_count",
+            "drift",
+            "applied",
+            "error",
+            "client_version",
+            "token",
+        ]

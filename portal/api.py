@@ -10,3 +10,4 @@ router.register("admission", allocations_api.AdmissionViewSet, basename="admissi
 router.register("holds", allocations_api.HoldViewSet, basename="hold")
 router.register("refunds", allocations_api.RefundViewSet, basename="refund")
 router.register("usage", allocations_api.UsageViewSet, basename="usage")
+router.register("clusters", allocations_api.ClusterViewSet, basename="cluster")
