@@ -13,7 +13,8 @@ GrpTRESRaw), prints the drift and, with --apply, runs the sacctmgr commands that
 in this order: first every change that restricts (blocks, lower limits), then missing
 accounts, then missing user associations, then every change that relaxes. It stops at the
 first command that fails; running it again does the rest. Nothing is ever deleted: a member
-who was removed is blocked (GrpJobs=0). A dry run (the default) changes nothing. Either way
+who was removed is blocked (GrpJobs=0); an account or member nobody may run as yet is not
+created until they may. A dry run (the default) changes nothing. Either way
 it reports the drift and the commands applied to POST /api/v1/clusters/<cluster>/sync-reports/.
 
 The limit set is GrpTRESMins=billing=<the association's billing usage now, rounded down +
@@ -293,6 +294,10 @@ def plan(
         name = account["account"].lower()
         limits = wanted((name, ""), account)
         have = current.get((name, ""))
+        if have is None and account["grp_jobs"] == 0:
+            # Nobody may run on it yet (awaiting approval, frozen, ended): nothing to enforce,
+            # and no account for a site to clean up later. It is added once it may run.
+            continue
         if have is None:
             change = Change("missing_account", name, "", "", str(limits))
             command = [args.sacctmgr, "--immediate", "add", "account", name, cluster]

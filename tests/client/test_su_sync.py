@@ -195,6 +195,16 @@ class TestAgainstThePortal:
             f"GrpTRESMins=billing={BOB_MINUTES}",
         ]
 
+    def test_an_account_nobody_may_run_on_yet_is_not_created(
+        self, live_server, pending_request, issued, slurm
+    ):
+        # The allocation awaits its first approval: INACTIVE.
+        done = run_sync(slurm, live_server.url, "--apply")
+
+        assert done.returncode == 0, done.stderr
+        assert "1 accounts, 0 associations differ" in done.stdout
+        assert changes(slurm) == []
+
     def test_a_resync_changes_nothing(self, live_server, allocation, issued, slurm):
         synced(slurm, live_server.url)
         before = slurm["state"].read_text()
