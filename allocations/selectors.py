@@ -14,8 +14,10 @@ from allocations.models import (
     Cluster,
     Membership,
     Project,
+    Rate,
     Status,
     SyncReport,
+    TresMapping,
 )
 
 if TYPE_CHECKING:
@@ -96,12 +98,13 @@ def allocation_list_for_cluster(*, cluster: Cluster) -> QuerySet[Allocation]:
 
 
 def desired_state_for(*, cluster: Cluster, at: dt.datetime | None = None) -> "DesiredState":
-    """What Slurm should enforce on the cluster (allocations/slurm.py), in two queries
-    whatever its size: the allocations with their projects, then every membership of
-    them with its user."""
+    """What Slurm should enforce on the cluster (allocations/slurm.py), in four queries
+    whatever its size: the allocations with their projects, every membership of them with
+    its user, the cluster's TRES mappings and the rates in force."""
     # Imported here: slurm.py needs admission.py, which needs this module.
     from allocations.slurm import desired_state
 
+    at = at or timezone.now()
     allocations = list(
         Allocation.objects.filter(cluster=cluster).select_related("project").order_by("name")
     )
@@ -112,7 +115,21 @@ def desired_state_for(*, cluster: Cluster, at: dt.datetime | None = None) -> "De
         .order_by("user__username")
     ):
         memberships[membership.allocation_id].append(membership)
-    return desired_state(cluster, allocations, memberships, at=at or timezone.now())
+    mappings = TresMapping.objects.filter(cluster=cluster).select_related("resource")
+    rates = {
+        rate.resource_id: rate
+        for rate in Rate.objects.filter(resource__cluster=cluster, start__lte=at).filter(
+            Q(end__isnull=True) | Q(end__gt=at)
+        )
+    }
+    return desired_state(
+        cluster,
+        allocations,
+        memberships,
+        mappings=list(mappings.order_by("partition", "tres")),
+        rates=rates,
+        at=at,
+    )
 
 
 def sync_report_list_for_cluster(*, cluster: Cluster) -> QuerySet[SyncReport]:

@@ -167,11 +167,24 @@ class AccountLimitsSerializer(serializers.Serializer):
     users = UserLimitsSerializer(many=True)
 
 
+class BillingWeightSerializer(serializers.Serializer):
+    partition = serializers.CharField(allow_blank=True, help_text="Blank: every partition.")
+    tres = serializers.CharField()
+    resource = serializers.CharField()
+    weight = serializers.DecimalField(
+        max_digits=40,
+        decimal_places=6,
+        allow_null=True,
+        help_text="The TRESBillingWeights entry for the rate in force; null: no rate in force.",
+    )
+
+
 class DesiredStateSerializer(serializers.Serializer):
     cluster = serializers.CharField()
     generated_at = serializers.DateTimeField()
     tres = serializers.CharField(help_text="The TRES the minutes are counted on.")
     su_per_billing_unit_hour = serializers.DecimalField(max_digits=20, decimal_places=6)
+    billing_weights = BillingWeightSerializer(many=True)
     accounts = AccountLimitsSerializer(many=True)
 
 

@@ -18,20 +18,27 @@ membership a user association under it. Three things are published for each:
   account's own limit already holds the pool); a member without a cap has no limit of
   their own (None).
 
+Slurm must count billing in the same units: billing_weights gives, for each TRES mapping of
+the cluster, the TRESBillingWeights entry that makes a job's billing its SUs per hour divided by
+su_per_billing_unit_hour at the rates in force (rounded up to 6 places: Slurm then counts a
+little more, never less). It is advice for slurm.conf; the portal cannot see what Slurm has.
+
 GrpTRESMins is compared by Slurm with the association's accumulated usage, which the portal
 does not know; the client therefore sets GrpTRESMins=billing=<Slurm's usage now + headroom>
 (README, "Pushing limits to Slurm"). Less than one billing-minute left counts as exhausted.
 """
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Context, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 
 from allocations.admission import Reason, allocation_refusal, membership_refusal
-from allocations.models import Allocation, Cluster, Membership
+from allocations.models import Allocation, Cluster, Membership, Rate, TresMapping
 
 MINUTES_PER_HOUR = Decimal(60)
+WEIGHT_QUANTUM = Decimal("0.000001")
 # Wide enough that nothing is rounded before the one floor.
 _EXACT = Context(prec=60, rounding=ROUND_FLOOR)
 
@@ -59,7 +66,7 @@ class UserLimits:
 @dataclass(frozen=True)
 class AccountLimits:
     account: str
-    allocation: object  # the allocation's code (UUID)
+    allocation: uuid.UUID  # the allocation's code
     description: str
     status: str
     may_run: bool
@@ -71,12 +78,40 @@ class AccountLimits:
 
 
 @dataclass(frozen=True)
+class BillingWeight:
+    partition: str  # blank: every partition
+    tres: str
+    resource: str
+    weight: Decimal | None  # None: no rate is in force for the resource
+
+
+@dataclass(frozen=True)
 class DesiredState:
     cluster: str
     generated_at: dt.datetime
     tres: str
     su_per_billing_unit_hour: Decimal
+    billing_weights: list[BillingWeight]
     accounts: list[AccountLimits]
+
+
+def billing_weights(
+    mappings: Iterable[TresMapping], rates: Mapping[int, Rate], su_per_billing_unit_hour: Decimal
+) -> list[BillingWeight]:
+    """weight = SU per unit-hour x TRES scale / su_per_billing_unit_hour, rounded up."""
+    weights = []
+    for mapping in mappings:
+        rate = rates.get(mapping.resource_id)
+        weight = None
+        if rate is not None:
+            exact = _EXACT.divide(
+                _EXACT.multiply(rate.su_per_unit_hour, mapping.scale), su_per_billing_unit_hour
+            )
+            weight = exact.quantize(WEIGHT_QUANTUM, rounding=ROUND_CEILING, context=_EXACT)
+        weights.append(
+            BillingWeight(mapping.partition, mapping.tres, mapping.resource.name, weight)
+        )
+    return weights
 
 
 def _user_limits(
@@ -131,6 +166,8 @@ def desired_state(
     allocations: Iterable[Allocation],
     memberships: Mapping[int, list[Membership]],
     *,
+    mappings: Iterable[TresMapping],
+    rates: Mapping[int, Rate],
     at: dt.datetime,
 ) -> DesiredState:
     """Pure: from rows already read (selectors.desired_state_for) to limits."""
@@ -140,6 +177,7 @@ def desired_state(
         generated_at=at,
         tres="billing",
         su_per_billing_unit_hour=rate,
+        billing_weights=billing_weights(mappings, rates, rate),
         accounts=[
             account_limits(a, memberships.get(a.pk, []), rate=rate, at=at) for a in allocations
         ],

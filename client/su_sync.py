@@ -177,7 +177,8 @@ def read_usage(args: argparse.Namespace) -> dict[tuple[str, str], int]:
 # --------------------------------------------------------------------------------- portal
 
 
-def fetch_desired(token: str, args: argparse.Namespace) -> list[dict]:
+def fetch_desired(token: str, args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """The accounts with their users, and the billing weights for the rates in force."""
     url = portal_url(args, f"/api/v1/clusters/{args.cluster}/desired-state/")
     status, answer = request_json("GET", url, token, None, args, AGENT)
     if status in (401, 403):
@@ -187,7 +188,10 @@ def fetch_desired(token: str, args: argparse.Namespace) -> list[dict]:
     if status != 200 or not isinstance(answer, dict):
         raise Failure(f"the portal answered HTTP {status}: {detail(answer)}")
     try:
-        accounts = answer["accounts"]
+        accounts, weights = answer["accounts"], answer.get("billing_weights") or []
+        for weight in weights:
+            if not isinstance(weight["tres"], str) or not isinstance(weight["partition"], str):
+                raise ValueError(f"billing weight {weight!r}")
         for account in accounts:
             _check_entry(account, "account")
             int(account["billing_minutes"])
@@ -195,7 +199,21 @@ def fetch_desired(token: str, args: argparse.Namespace) -> list[dict]:
                 _check_entry(user, "user")
     except (KeyError, TypeError, ValueError) as exc:
         raise Failure(f"the portal's desired state is not understood ({exc!r})") from None
-    return accounts
+    return accounts, weights
+
+
+def describe_weights(weights: list[dict]) -> list[str]:
+    """One TRESBillingWeights value per partition, for the site to compare with slurm.conf."""
+    by_partition: dict[str, list[str]] = {}
+    for weight in weights:
+        number = weight["weight"]
+        value = "none" if number is None else format(Decimal(number).normalize(), "f")
+        by_partition.setdefault(weight["partition"], []).append(f"{weight['tres']}={value}")
+    return [
+        f"billing weights for the rates in force ({partition or 'every partition'}): "
+        f"TRESBillingWeights={','.join(entries)}"
+        for partition, entries in sorted(by_partition.items())
+    ]
 
 
 def _check_entry(entry: dict, name_key: str) -> None:
@@ -284,6 +302,10 @@ def plan(
 ) -> list[Change]:
     cluster = f"cluster={args.slurm_cluster}"
     changes: list[Change] = []
+    slurm_users: dict[str, list[tuple[str, Limits]]] = {}
+    for (acct, user), have in sorted(current.items()):
+        if user:
+            slurm_users.setdefault(acct, []).append((user, have))
 
     def wanted(key: tuple[str, str], entry: dict) -> Limits:
         headroom = entry["billing_minutes"]
@@ -335,8 +357,8 @@ def plan(
                 changes.append(change)
 
         # Only members may run: anyone else under a portal account is blocked, not deleted.
-        for (acct, user), have in sorted(current.items()):
-            if acct != name or not user or user in members or have.grp_jobs == 0:
+        for user, have in slurm_users.get(name, []):
+            if user in members or have.grp_jobs == 0:
                 continue
             blocked = Limits(0, have.billing)
             change = Change("unknown_user", name, user, str(have), str(blocked))
@@ -384,7 +406,9 @@ def run(args: argparse.Namespace) -> int:
     check_portal_options(args)
     args.slurm_cluster = args.slurm_cluster or args.cluster
     token = read_token(args.token_file)
-    desired = fetch_desired(token, args)
+    desired, weights = fetch_desired(token, args)
+    for line in describe_weights(weights):
+        print(line)
     current = read_associations(args)
     usage = read_usage(args)
     changes = plan(desired, current, usage, args)

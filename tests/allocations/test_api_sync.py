@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.tokens import api_token_issue
 from allocations import services
-from allocations.models import Cluster, Membership, Status, SyncReport
+from allocations.models import Cluster, Membership, Resource, Status, SyncReport, TresMapping
 from allocations.selectors import desired_state_for
 from allocations.slurm import billing_minutes
 from tests.allocations.dbstate import unchanged
@@ -136,6 +136,34 @@ class TestDesiredState:
         assert account_of(body)["billing_minutes"] == 85714
         assert user_of(account_of(body), "bob")["billing_minutes"] == 25714
 
+    def test_it_gives_the_billing_weights_of_the_rates_in_force(self, allocation, staff, cpu, gpu):
+        cluster = allocation.cluster
+        memory = Resource.objects.create(cluster=cluster, name="Memory", kind="MEMORY", unit="GB")
+        TresMapping.objects.create(cluster=cluster, tres="cpu", resource=cpu)
+        TresMapping.objects.create(cluster=cluster, tres="gres/gpu:h200", resource=gpu)
+        TresMapping.objects.create(
+            cluster=cluster, partition="big", tres="mem", resource=memory, scale=Decimal(1) / 1024
+        )
+        Cluster.objects.filter(pk=cluster.pk).update(su_per_billing_unit_hour=Decimal("0.01"))
+
+        weights = client_for(staff).get(DESIRED).json()["billing_weights"]
+
+        assert weights == [
+            {"partition": "", "tres": "cpu", "resource": "CPU", "weight": "1.000000"},
+            {
+                "partition": "",
+                "tres": "gres/gpu:h200",
+                "resource": "GPU H200",
+                "weight": "200.000000",
+            },
+            # No rate is in force for memory: Slurm should not bill it.
+            {"partition": "big", "tres": "mem", "resource": "Memory", "weight": None},
+        ]
+        Cluster.objects.filter(pk=cluster.pk).update(su_per_billing_unit_hour=Decimal("0.7"))
+        weights = client_for(staff).get(DESIRED).json()["billing_weights"]
+        # 2 / 0.7 = 2.857142857...: rounded up, so Slurm never counts less than the portal.
+        assert weights[1]["weight"] == "2.857143"
+
     def test_a_frozen_project_blocks_its_accounts_not_each_member(self, allocation, staff):
         services.project_set_status(
             actor=staff, project=allocation.project, status=Status.INACTIVE, reason="Audit"
@@ -228,8 +256,9 @@ class TestDesiredState:
         )
         services.change_request_approve(actor=allocation.cluster.admins.get(), request=request)
 
-        # 1. the cluster's allocations with their projects; 2. their memberships with users.
-        with django_assert_num_queries(2):
+        # 1. the cluster's allocations with their projects; 2. their memberships with users;
+        # 3. the cluster's TRES mappings with their resources; 4. the rates in force.
+        with django_assert_num_queries(4):
             state = desired_state_for(cluster=allocation.cluster)
 
         assert [a.account for a in state.accounts] == ["folding-2", "folding-gpu"]

@@ -12,7 +12,7 @@ import pytest
 
 from accounts.tokens import api_token_issue
 from allocations import services
-from allocations.models import Cluster, Membership, Status, SyncReport
+from allocations.models import Cluster, Membership, Status, SyncReport, TresMapping
 from tests.client.test_su_importer import closed_port
 from tests.conftest import usage
 
@@ -148,13 +148,15 @@ def synced(slurm, portal):
 @pytest.mark.django_db(transaction=True)
 class TestAgainstThePortal:
     def test_a_dry_run_prints_the_drift_and_changes_nothing(
-        self, live_server, allocation, issued, slurm
+        self, live_server, allocation, issued, slurm, gpu
     ):
+        TresMapping.objects.create(cluster=allocation.cluster, tres="gres/gpu:h200", resource=gpu)
         before = slurm["state"].read_text()
 
         done = run_sync(slurm, live_server.url)
 
         assert done.returncode == 0, done.stderr
+        assert "(every partition): TRESBillingWeights=gres/gpu:h200=2\n" in done.stdout
         assert "drift: missing_account folding-gpu" in done.stdout
         assert "drift: missing_user folding-gpu/bob" in done.stdout
         assert "would run: sacctmgr --immediate add account folding-gpu" in done.stdout
