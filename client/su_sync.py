@@ -276,7 +276,8 @@ def _modify(change: Change, where: list[str], current: Limits, desired: Limits, 
     """Splits one association's differences into a restricting and a relaxing command."""
     tighten: list[str] = []
     loosen: list[str] = []
-    settings = dict(zip(("grp_jobs", "billing"), _set_args(desired)))  # noqa: B905
+    jobs_setting, billing_setting = _set_args(desired)
+    settings = {"grp_jobs": jobs_setting, "billing": billing_setting}
     for attr in ("grp_jobs", "billing"):
         new, old = getattr(desired, attr), getattr(current, attr)
         if new != old:

@@ -281,6 +281,12 @@ class TestDesiredState:
         assert response.status_code == 403
         assert response.json()["detail"] == "This token belongs to another cluster."
 
+    def test_the_api_index_still_renders(self, staff):
+        response = client_for(staff).get("/api/v1/")
+
+        assert response.status_code == 200
+        assert "holds" in response.json()
+
     def test_an_unknown_cluster_is_404_for_an_admin(self, staff):
         response = client_for(staff).get("/api/v1/clusters/nowhere/desired-state/")
 

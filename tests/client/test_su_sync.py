@@ -243,6 +243,27 @@ class TestAgainstThePortal:
         # Both raise a limit: relaxing, so after anything that restricts.
         assert verbs(slurm) == ["modify account folding-gpu", "modify user bob"]
 
+    def test_every_restriction_is_applied_before_anything_is_relaxed(
+        self, live_server, allocation, issued, slurm
+    ):
+        set_rows(
+            slurm,
+            row("folding-gpu", grp_jobs=0, billing=ACCOUNT_MINUTES + 500),
+            row("folding-gpu", "alice"),
+            row("folding-gpu", "bob", grp_jobs=0, billing=BOB_MINUTES),
+        )
+
+        done = run_sync(slurm, live_server.url, "--apply")
+
+        assert done.returncode == 0, done.stderr
+        account = ["--immediate", "modify", "account", "where", "name=folding-gpu", "cluster=gpu1"]
+        bob = ["--immediate", "modify", "user", "where", "name=bob", "account=folding-gpu"]
+        assert changes(slurm) == [
+            [*account, "set", f"GrpTRESMins=billing={ACCOUNT_MINUTES}"],
+            [*account, "set", "GrpJobs=-1"],
+            [*bob, "cluster=gpu1", "set", "GrpJobs=-1"],
+        ]
+
     def test_a_frozen_member_is_blocked_and_unfreezing_restores_them(
         self, live_server, allocation, issued, slurm, alice
     ):
