@@ -11,10 +11,11 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import model_ngettext, unquote
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from allocations import services
@@ -48,6 +49,7 @@ from allocations.models import (
     RateCorrection,
     Resource,
     Status,
+    SyncReport,
     TresMapping,
     Usage,
     UsageAdjustment,
@@ -305,11 +307,104 @@ class ProjectChangeAdmin(ReadOnlyAdmin):
 
 @admin.register(Cluster)
 class ClusterAdmin(NoDeleteAdmin):
-    list_display = ("name", "title", "su_capacity_per_month")
+    list_display = (
+        "name",
+        "title",
+        "su_capacity_per_month",
+        "su_per_billing_unit_hour",
+        "last_sync",
+        "last_sync_drift",
+    )
     list_filter = (("su_capacity_per_month", admin.EmptyFieldListFilter),)
     search_fields = ("name", "title")
     autocomplete_fields = ("admins",)
-    readonly_fields = ("code",)
+    readonly_fields = ("code", "last_sync", "last_sync_drift")
+
+    def get_queryset(self, request):
+        # The latest report of each cluster in the same query (alloc_syncreport_latest).
+        latest = SyncReport.objects.filter(cluster=OuterRef("pk")).order_by("-created", "-id")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                last_sync_at=Subquery(latest.values("created")[:1]),
+                last_sync_mode=Subquery(latest.values("mode")[:1]),
+                last_sync_succeeded=Subquery(latest.values("succeeded")[:1]),
+                last_sync_drift_count=Subquery(latest.values("drift_count")[:1]),
+            )
+        )
+
+    @admin.display(description="Last sync", ordering="last_sync_at")
+    def last_sync(self, cluster: Cluster) -> str:
+        if cluster.last_sync_at is None:
+            return "never"
+        outcome = "ok" if cluster.last_sync_succeeded else "FAILED"
+        mode = SyncReport.Mode(cluster.last_sync_mode).label.lower()
+        text = f"{cluster.last_sync_at:%Y-%m-%d %H:%M} UTC, {mode}, {outcome}"
+        return _changelist_link(SyncReport, text, cluster__id__exact=cluster.pk)
+
+    @admin.display(description="Drift at last sync")
+    def last_sync_drift(self, cluster: Cluster):
+        return cluster.last_sync_drift_count
+
+
+@admin.register(SyncReport)
+class SyncReportAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created",
+        "cluster",
+        "mode",
+        "succeeded",
+        "drift_count",
+        "applied_count",
+        "client_version",
+    )
+    list_select_related = ("cluster",)
+    list_filter = ("cluster", "mode", "succeeded")
+    date_hierarchy = "created"
+    readonly_fields = ("drift_table", "applied_commands")
+    fields = (
+        "cluster",
+        "token",
+        "created",
+        "mode",
+        "succeeded",
+        "error",
+        "client_version",
+        "drift_count",
+        "drift_table",
+        "applied_commands",
+    )
+
+    @admin.display(description="Commands applied")
+    def applied_count(self, report: SyncReport) -> int:
+        return len(report.applied)
+
+    @admin.display(description="Drift")
+    def drift_table(self, report: SyncReport) -> str:
+        rows = [
+            (
+                d.get("kind", ""),
+                d.get("account", ""),
+                d.get("user", ""),
+                d.get("current", ""),
+                d.get("desired", ""),
+            )
+            for d in report.drift
+        ]
+        if not rows:
+            return "none"
+        return format_html(
+            "<table><tr><th>kind</th><th>account</th><th>user</th><th>current</th>"
+            "<th>desired</th></tr>{}</table>",
+            format_html_join("", "<tr>" + "<td>{}</td>" * 5 + "</tr>", rows),
+        )
+
+    @admin.display(description="Commands applied, in order")
+    def applied_commands(self, report: SyncReport) -> str:
+        if not report.applied:
+            return "none"
+        return format_html("<pre>{}</pre>", "\n".join(report.applied))
 
 
 @admin.register(Resource)

@@ -72,6 +72,15 @@ def charge_refusal(
     *, project_status: str, allocation: Allocation, membership: Membership, at: dt.datetime
 ) -> Reason | None:
     """Why this member may not charge this allocation at `at`, or None if they may."""
+    return allocation_refusal(
+        project_status=project_status, allocation=allocation, at=at
+    ) or membership_refusal(membership=membership, at=at)
+
+
+def allocation_refusal(
+    *, project_status: str, allocation: Allocation, at: dt.datetime
+) -> Reason | None:
+    """The project and allocation levels of the rule: why nobody may charge it at `at`."""
     day = at.astimezone(dt.UTC).date()
     if project_status != Status.ACTIVE:
         return Reason.PROJECT_INACTIVE
@@ -81,6 +90,12 @@ def charge_refusal(
         return Reason.ALLOCATION_NOT_STARTED
     if day > allocation.end:
         return Reason.ALLOCATION_ENDED
+    return None
+
+
+def membership_refusal(*, membership: Membership, at: dt.datetime) -> Reason | None:
+    """The membership level of the rule alone."""
+    day = at.astimezone(dt.UTC).date()
     if membership.status != Status.ACTIVE:
         return Reason.MEMBERSHIP_INACTIVE
     if day < membership.start:

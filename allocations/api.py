@@ -1,10 +1,11 @@
-"""The ledger's API: allocations and balances, admission checks, holds, refunds, usage
-and background imports."""
+"""The ledger's API: allocations and balances, admission checks, holds, refunds, usage,
+background imports, and the scheduler sync (the limits Slurm should enforce, and reports of
+what was applied)."""
 
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, renderers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, PermissionDenied
@@ -22,6 +23,8 @@ from allocations.models import Allocation, Cluster, Hold, Membership, UsageImpor
 from allocations.selectors import (
     allocation_list_for,
     allocation_list_for_cluster,
+    desired_state_for,
+    sync_report_list_for_cluster,
     usage_import_list_for,
     usage_import_rejects_csv,
     user_administers_cluster,
@@ -32,16 +35,20 @@ from allocations.serializers import (
     AdmissionOutputSerializer,
     AllocationOutputSerializer,
     BalanceSerializer,
+    DesiredStateSerializer,
     EstimateSerializer,
     HoldInputSerializer,
     HoldOutputSerializer,
     MemberBalanceSerializer,
     RefundInputSerializer,
+    SyncReportInputSerializer,
+    SyncReportOutputSerializer,
     UsageBatchInputSerializer,
     UsageBatchOutputSerializer,
     UsageImportInputSerializer,
     UsageImportOutputSerializer,
 )
+from allocations.services import sync_report_create
 
 
 def cluster_for(request, name: str) -> Cluster:
@@ -334,3 +341,53 @@ class UsageImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             raise NotResumable(exc.messages[0]) from None
         body = UsageImportOutputSerializer(usage_import, context={"request": request}).data
         return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+_CLUSTER_NAME = OpenApiParameter(
+    "name", str, OpenApiParameter.PATH, description="The cluster's name (Slurm ClusterName)."
+)
+
+
+class ClusterViewSet(viewsets.GenericViewSet):
+    """Scheduler integration: what Slurm should enforce on a cluster, and what the sync
+    client (client/su_sync.py) found and applied there."""
+
+    queryset = Cluster.objects.none()  # for the schema; cluster_for checks every request
+    serializer_class = SyncReportOutputSerializer
+    lookup_field = "name"
+    lookup_value_regex = r"[-a-zA-Z0-9_]+"
+
+    @extend_schema(parameters=[_CLUSTER_NAME], responses={200: DesiredStateSerializer})
+    @action(detail=True, methods=["get"], url_path="desired-state")
+    def desired_state(self, request, name=None):
+        """Every account (allocation) and user association (member) on the cluster: whether
+        it may run and its limits in Slurm's terms. One snapshot, not paginated, so the
+        client never applies half of one state and half of another."""
+        cluster = cluster_for(request, name)
+        return Response(DesiredStateSerializer(desired_state_for(cluster=cluster)).data)
+
+    @extend_schema(
+        methods=["get"],
+        parameters=[_CLUSTER_NAME],
+        responses={200: SyncReportOutputSerializer(many=True)},
+    )
+    @extend_schema(
+        methods=["post"],
+        parameters=[_CLUSTER_NAME],
+        request=SyncReportInputSerializer,
+        responses={201: SyncReportOutputSerializer},
+    )
+    @action(detail=True, methods=["get", "post"], url_path="sync-reports")
+    def sync_reports(self, request, name=None):
+        """GET: the cluster's sync reports, newest first. POST: the sync client records a
+        run (importer token of the cluster only)."""
+        cluster = cluster_for(request, name)
+        if request.method == "POST":
+            if not isinstance(request.auth, ApiToken):
+                raise PermissionDenied("Sync reports are posted by the cluster's importer token.")
+            data = SyncReportInputSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            report = sync_report_create(token=request.auth, **data.validated_data)
+            return Response(SyncReportOutputSerializer(report).data, status=status.HTTP_201_CREATED)
+        page = self.paginate_queryset(sync_report_list_for_cluster(cluster=cluster))
+        return self.get_paginated_response(SyncReportOutputSerializer(page, many=True).data)

@@ -137,6 +137,15 @@ class Cluster(models.Model):
     )
     # What the provider can give out in a month; committed budgets are compared to it.
     su_capacity_per_month = su_field(null=True, blank=True)
+    # How SUs become Slurm limits (allocations/slurm.py): what one unit of Slurm's
+    # `billing` TRES costs for an hour, so that TRESBillingWeights can stay integers.
+    su_per_billing_unit_hour = models.DecimalField(
+        "SU per billing unit-hour",
+        max_digits=RATE_DIGITS,
+        decimal_places=RATE_PLACES,
+        default=1,
+        help_text="SUs charged for one unit of Slurm's billing TRES for one hour.",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -144,6 +153,11 @@ class Cluster(models.Model):
             models.CheckConstraint(
                 condition=Q(su_capacity_per_month__isnull=True) | Q(su_capacity_per_month__gt=0),
                 name="allocations_cluster_capacity_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(su_per_billing_unit_hour__gt=0),
+                name="allocations_cluster_billing_rate_positive",
+                violation_error_message="The billing rate must be positive.",
             ),
         ]
 
@@ -1003,3 +1017,49 @@ class UsageImportReject(models.Model):
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.reason}"
+
+
+class SyncReport(models.Model):
+    """Append-only record of one run of the scheduler sync client (client/su_sync.py):
+    what differed between the portal's desired state and Slurm, and what it changed."""
+
+    class Mode(models.TextChoices):
+        DRY_RUN = "DRY_RUN", "Dry run"
+        APPLY = "APPLY", "Apply"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="sync_reports")
+    token = models.ForeignKey(
+        "accounts.ApiToken", on_delete=models.PROTECT, related_name="+", null=True, blank=True
+    )
+    mode = models.CharField(max_length=8, choices=Mode.choices)
+    succeeded = models.BooleanField()
+    # [{"kind", "account", "user", "current", "desired"}], as the client found it.
+    drift = models.JSONField(default=list, blank=True)
+    # Kept so the cluster list can show the last run's drift without reading the JSON.
+    drift_count = models.PositiveIntegerField(default=0)
+    # The sacctmgr commands that succeeded, in the order they ran.
+    applied = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    client_version = models.CharField(max_length=32, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [
+            # The cluster admin list: each cluster's latest report.
+            models.Index(fields=["cluster", "-created"], name="alloc_syncreport_latest"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(mode__in=["DRY_RUN", "APPLY"]), name="allocations_syncreport_valid_mode"
+            ),
+            models.CheckConstraint(
+                condition=(Q(succeeded=True) & Q(error="")) | (Q(succeeded=False) & ~Q(error="")),
+                name="allocations_syncreport_error_iff_failed",
+                violation_error_message="A failed run says why; a successful one has no error.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_mode_display()} on {self.cluster.name} at {self.created:%Y-%m-%d %H:%M}"

@@ -3,9 +3,11 @@
 import csv
 import datetime as dt
 import math
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -17,9 +19,15 @@ from allocations.models import (
     Cluster,
     Membership,
     Project,
+    Rate,
     Status,
+    SyncReport,
+    TresMapping,
     UsageImport,
 )
+
+if TYPE_CHECKING:
+    from allocations.slurm import DesiredState
 
 # A frozen (INACTIVE) member still sees the allocation and why they cannot charge it; a
 # removed (DELETED) one no longer does.
@@ -154,3 +162,42 @@ def usage_import_rejects_csv(usage_import: UsageImport) -> Iterator[str]:
     rows = usage_import.rejects.order_by("id").values_list("line", "job_id", "field", "reason")
     for line, job_id, field, reason in rows.iterator():
         yield writer.writerow(("" if line is None else line, job_id, field, reason))
+
+
+def desired_state_for(*, cluster: Cluster, at: dt.datetime | None = None) -> "DesiredState":
+    """What Slurm should enforce on the cluster (allocations/slurm.py), in four queries
+    whatever its size: the allocations with their projects, every membership of them with
+    its user, the cluster's TRES mappings and the rates in force."""
+    # Imported here: slurm.py needs admission.py, which needs this module.
+    from allocations.slurm import desired_state
+
+    at = at or timezone.now()
+    allocations = list(
+        Allocation.objects.filter(cluster=cluster).select_related("project").order_by("name")
+    )
+    memberships: dict[int, list[Membership]] = defaultdict(list)
+    for membership in (
+        Membership.objects.filter(allocation__cluster=cluster)
+        .select_related("user")
+        .order_by("user__username")
+    ):
+        memberships[membership.allocation_id].append(membership)
+    mappings = TresMapping.objects.filter(cluster=cluster).select_related("resource")
+    rates = {
+        rate.resource_id: rate
+        for rate in Rate.objects.filter(resource__cluster=cluster, start__lte=at).filter(
+            Q(end__isnull=True) | Q(end__gt=at)
+        )
+    }
+    return desired_state(
+        cluster,
+        allocations,
+        memberships,
+        mappings=list(mappings.order_by("partition", "tres")),
+        rates=rates,
+        at=at,
+    )
+
+
+def sync_report_list_for_cluster(*, cluster: Cluster) -> QuerySet[SyncReport]:
+    return SyncReport.objects.filter(cluster=cluster).select_related("cluster", "token")

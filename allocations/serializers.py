@@ -6,7 +6,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from allocations.models import Allocation, Hold, UsageImport
+from allocations.models import Allocation, Hold, SyncReport, UsageImport
 from allocations.selectors import usage_import_progress
 
 
@@ -231,3 +231,106 @@ class UsageImportOutputSerializer(serializers.ModelSerializer):
             "rejects": url("usageimport-rejects"),
             "resume": url("usageimport-resume"),
         }
+
+
+# --- scheduler sync (allocations/slurm.py) ---------------------------------------------
+
+
+class UserLimitsSerializer(serializers.Serializer):
+    user = serializers.CharField(help_text="The Slurm user name.")
+    status = serializers.CharField(help_text="The membership's status.")
+    may_run = serializers.BooleanField()
+    reason = serializers.CharField(allow_null=True, help_text="Why not, as admission's reasons.")
+    cap = serializers.DecimalField(max_digits=20, decimal_places=4, allow_null=True)
+    remaining_su = serializers.DecimalField(
+        max_digits=21, decimal_places=4, allow_null=True, help_text="Under the cap; null: no cap."
+    )
+    billing_minutes = serializers.IntegerField(
+        allow_null=True,
+        help_text="Headroom of the user association's GrpTRESMins on billing; null: no limit.",
+    )
+    grp_jobs = serializers.IntegerField(allow_null=True, help_text="0 blocks; null: no limit.")
+
+
+class AccountLimitsSerializer(serializers.Serializer):
+    account = serializers.CharField(help_text="The Slurm account: the allocation's name.")
+    allocation = serializers.UUIDField()
+    description = serializers.CharField()
+    status = serializers.CharField(help_text="The allocation's status.")
+    may_run = serializers.BooleanField()
+    reason = serializers.CharField(allow_null=True)
+    remaining_su = serializers.DecimalField(max_digits=21, decimal_places=4)
+    billing_minutes = serializers.IntegerField(
+        help_text="Headroom of the account's GrpTRESMins on billing (remaining SUs, rounded down)."
+    )
+    grp_jobs = serializers.IntegerField(allow_null=True, help_text="0 blocks; null: no limit.")
+    users = UserLimitsSerializer(many=True)
+
+
+class BillingWeightSerializer(serializers.Serializer):
+    partition = serializers.CharField(allow_blank=True, help_text="Blank: every partition.")
+    tres = serializers.CharField()
+    resource = serializers.CharField()
+    weight = serializers.DecimalField(
+        max_digits=40,
+        decimal_places=6,
+        allow_null=True,
+        help_text="The TRESBillingWeights entry for the rate in force; null: no rate in force.",
+    )
+
+
+class DesiredStateSerializer(serializers.Serializer):
+    cluster = serializers.CharField()
+    generated_at = serializers.DateTimeField()
+    tres = serializers.CharField(help_text="The TRES the minutes are counted on.")
+    su_per_billing_unit_hour = serializers.DecimalField(max_digits=20, decimal_places=6)
+    billing_weights = BillingWeightSerializer(many=True)
+    accounts = AccountLimitsSerializer(many=True)
+
+
+class SyncDriftSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=["missing_account", "missing_user", "limits", "unknown_user"]
+    )
+    account = serializers.CharField(max_length=64)
+    user = serializers.CharField(max_length=150, allow_blank=True, required=False, default="")
+    current = serializers.CharField(max_length=500, allow_blank=True, required=False, default="")
+    desired = serializers.CharField(max_length=500, allow_blank=True, required=False, default="")
+
+
+class SyncReportInputSerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=SyncReport.Mode.choices)
+    succeeded = serializers.BooleanField()
+    drift = SyncDriftSerializer(many=True, max_length=50000)
+    applied = serializers.ListField(
+        child=serializers.CharField(max_length=4000),
+        max_length=50000,
+        help_text="The sacctmgr commands that succeeded, in order.",
+    )
+    error = serializers.CharField(max_length=10000, allow_blank=True, required=False, default="")
+    client_version = serializers.CharField(
+        max_length=32, allow_blank=True, required=False, default=""
+    )
+
+
+class SyncReportOutputSerializer(serializers.ModelSerializer):
+    cluster = serializers.CharField(source="cluster.name")
+    token = serializers.CharField(source="token.name", allow_null=True, default=None)
+    drift = SyncDriftSerializer(many=True)
+    applied = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = SyncReport
+        fields = [
+            "code",
+            "cluster",
+            "created",
+            "mode",
+            "succeeded",
+            "drift_count",
+            "drift",
+            "applied",
+            "error",
+            "client_version",
+            "token",
+        ]

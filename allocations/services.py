@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import ApiToken, User
 from allocations.adjustments import ChargeState, add_charges_to_used, charge_states
 from allocations.admission import close_holds
 from allocations.conversion import SU_LIMIT, parse_decimal, parse_rate, parse_su, su_for
@@ -42,6 +42,7 @@ from allocations.models import (
     RateCorrection,
     Resource,
     Status,
+    SyncReport,
     Usage,
     UsageAdjustment,
 )
@@ -1028,3 +1029,44 @@ def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> Us
 def usage_record(*, cluster: Cluster, record: UsageInput) -> UsageBatchResult:
     """Records one job's usage: a batch of one, so there is one charging path."""
     return usage_record_batch(cluster=cluster, records=[record])
+
+
+# --- scheduler sync ------------------------------------------------------------------
+
+
+def sync_report_create(
+    *,
+    token: ApiToken,
+    mode: str,
+    succeeded: bool,
+    drift: list[dict],
+    applied: list[str],
+    error: str = "",
+    client_version: str = "",
+) -> SyncReport:
+    """Records what one run of client/su_sync.py found and did on the token's cluster.
+
+    Append-only and written by one insert, so it needs no lock."""
+    error = (error or "").strip()
+    if mode not in SyncReport.Mode.values:
+        raise ValidationError({"mode": f"{mode!r} is not a sync mode."})
+    if succeeded and error:
+        raise ValidationError({"error": "A successful run reports no error."})
+    if not succeeded and not error:
+        raise ValidationError({"error": "Say what failed."})
+    if mode == SyncReport.Mode.DRY_RUN and applied:
+        raise ValidationError({"applied": "A dry run applies nothing."})
+    report = SyncReport(
+        cluster=token.cluster,
+        token=token,
+        mode=mode,
+        succeeded=succeeded,
+        drift=drift,
+        drift_count=len(drift),
+        applied=applied,
+        error=error,
+        client_version=client_version,
+    )
+    report.full_clean()
+    report.save()
+    return report

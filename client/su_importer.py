@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """su_importer: posts finished Slurm jobs from sacct to the allocation portal.
 
-One file, Python standard library only (3.8+): copy it to the Slurm host and run it from cron
-or a systemd timer.
+Python standard library only (3.8+): copy it and su_common.py (what it shares with su_sync.py)
+to the Slurm host and run it from cron or a systemd timer.
 
     su_importer.py --portal https://portal.example.edu --cluster gpu1 \\
         --token-file /etc/su-importer/token --state-file /var/lib/su-importer/state.json \\
@@ -28,13 +28,22 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-__version__ = "1.0"
+from su_common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    Failure,
+    add_portal_options,
+    check_portal_options,
+    detail,
+    log,
+    portal_url,
+    read_token,
+    refused_token,
+    request_json,
+)
 
 # The columns the portal's sacct parser reads (allocations/parsers/sacct.py SACCT_FORMAT).
 SACCT_FORMAT = "JobIDRaw,JobID,Cluster,User,Account,Partition,AllocTRES,ElapsedRaw,Start,End,State"
@@ -55,20 +64,7 @@ SIZE_TRES = {"mem", "vmem", "fs/disk"}
 RAW_QUANTUM = Decimal("0.001")
 UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+; Slurm hosts may run older Pythons)
 USAGE_PATH = "/api/v1/usage/"
-
-EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-
-
-class Failure(Exception):
-    """Stops the run with a message and an exit status."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE):
-        super().__init__(message)
-        self.code = code
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+AGENT = "su-importer"
 
 
 # ---------------------------------------------------------------------------------- times
@@ -101,23 +97,7 @@ def sacct_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-# ----------------------------------------------------------------------- token and state
-
-
-def read_token(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            token = handle.read().strip()
-    except FileNotFoundError:
-        message = f"token file {path} does not exist: put the cluster's importer token in it"
-        raise Failure(message) from None
-    except OSError as exc:
-        raise Failure(f"cannot read token file {path}: {exc.strerror}") from None
-    if not token:
-        raise Failure(f"token file {path} is empty")
-    if any(c.isspace() for c in token):
-        raise Failure(f"token file {path} holds more than one word; it should hold the token only")
-    return token
+# ---------------------------------------------------------------------------------- state
 
 
 def read_state(path: str, since: datetime | None) -> datetime:
@@ -378,59 +358,6 @@ def job_records(job: Job, resource_map: dict[str, str]) -> list[dict]:
     ]
 
 
-# --------------------------------------------------------------------------------- portal
-
-
-def post_json(url: str, token: str, body: dict, args: argparse.Namespace) -> tuple[int, object]:
-    """POSTs with retries (connection errors, 5xx, 429); returns (status, parsed body)."""
-    data = json.dumps(body).encode("utf-8")
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "User-Agent": f"su-importer/{__version__}",
-    }
-    delay = args.backoff
-    for attempt in range(1, args.retries + 1):
-        # The URL is http(s), checked in run().
-        request = urllib.request.Request(url, data=data, headers=headers, method="POST")  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=args.timeout) as response:  # noqa: S310
-                return response.status, _json(response.read())
-        except urllib.error.HTTPError as exc:
-            status, answer = exc.code, _json(exc.read())
-            if status != 429 and status < 500:
-                return status, answer
-            problem = f"HTTP {status} {_detail(answer)}".strip()
-            retry_after = exc.headers.get("Retry-After", "") if exc.headers else ""
-            wait = float(retry_after) if retry_after.isdigit() else delay
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            problem, wait = f"cannot reach {url}: {reason}", delay
-        if attempt == args.retries:
-            code = EXIT_FAILURE if problem.startswith("HTTP") else EXIT_UNREACHABLE
-            raise Failure(f"{problem} (gave up after {attempt} attempts)", code)
-        wait = min(wait, args.max_backoff)
-        log(f"{problem}; attempt {attempt} of {args.retries}, retrying in {wait:g} s")
-        time.sleep(wait)
-        delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _json(raw: bytes) -> object:
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return raw.decode("utf-8", "replace")[:500]
-
-
-def _detail(answer: object) -> str:
-    if isinstance(answer, dict):
-        detail = answer.get("detail")
-        return str(detail) if detail is not None else json.dumps(answer)[:500]
-    return str(answer or "")
-
-
 # ----------------------------------------------------------------------------------- main
 
 
@@ -440,9 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 done, 1 error, 2 jobs not charged (mark kept), "
         "3 token refused, 4 portal unreachable.",
     )
-    parser.add_argument("--portal", required=True, help="https://portal.example.edu")
-    parser.add_argument("--cluster", required=True, help="the cluster's name in the portal")
-    parser.add_argument("--token-file", required=True, help="file holding the importer token")
+    add_portal_options(parser)
     parser.add_argument("--state-file", required=True, help="JSON file with the high-water mark")
     parser.add_argument("--overlap", type=int, default=3600, help="seconds (default 3600)")
     parser.add_argument("--batch-size", type=int, default=5000, help="records (default 5000)")
@@ -457,20 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sacct", default="sacct", help="the sacct command (default: on PATH)")
     parser.add_argument("--sacct-timeout", type=float, default=600, help="seconds (default 600)")
-    parser.add_argument("--timeout", type=float, default=120, help="HTTP timeout, seconds")
-    parser.add_argument("--retries", type=int, default=5, help="attempts per batch (default 5)")
-    parser.add_argument("--backoff", type=float, default=2, help="first retry delay, seconds")
-    parser.add_argument("--max-backoff", type=float, default=60, help="longest retry delay")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.batch_size > 10000:
         raise Failure("--batch-size must be between 1 and 10000")
-    if args.retries < 1 or args.overlap < 0 or args.backoff < 0:
-        raise Failure("--retries must be at least 1; --overlap and --backoff not negative")
-    if not args.portal.startswith(("https://", "http://")):
-        raise Failure(f"--portal {args.portal!r} is not an https:// (or http://) URL")
+    if args.overlap < 0:
+        raise Failure("--overlap must not be negative")
+    check_portal_options(args)
     resource_map = parse_resource_map(args.resource_map)
     since = parse_time(args.since, "--since") if args.since else None
     until = parse_time(args.until, "--until")
@@ -508,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
         print("dry run: nothing posted, the high-water mark is unchanged")
         return EXIT_REJECTED if problems else EXIT_OK
 
-    url = args.portal.rstrip("/") + USAGE_PATH
+    url = portal_url(args, USAGE_PATH)
     totals = {"created": 0, "duplicates": 0, "corrected": 0}
     su = Decimal(0)
     rejected = 0
@@ -516,22 +436,14 @@ def run(args: argparse.Namespace) -> int:
         (i, records[i : i + args.batch_size]) for i in range(0, len(records), args.batch_size)
     ]
     for number, (offset, batch) in enumerate(batches, start=1):
-        status, answer = post_json(url, token, {"cluster": args.cluster, "records": batch}, args)
+        body = {"cluster": args.cluster, "records": batch}
+        status, answer = request_json("POST", url, token, body, args, AGENT)
         where = f"batch {number} of {len(batches)}"
         if status in (401, 403):
-            hint = (
-                "the token is wrong or revoked"
-                if status == 401
-                else f"the token may not post for cluster {args.cluster}"
-            )
-            raise Failure(
-                f"the portal refused the token (HTTP {status}: {_detail(answer)}): {hint}; "
-                f"issue a new importer token for {args.cluster} and put it in {args.token_file}",
-                EXIT_AUTH,
-            )
+            raise refused_token(status, answer, args)
         if status == 400 and isinstance(answer, dict) and isinstance(answer.get("errors"), list):
             rejected += len(batch)
-            log(f"{where} rejected, nothing of it was charged: {_detail(answer)}")
+            log(f"{where} rejected, nothing of it was charged: {detail(answer)}")
             for error in answer["errors"]:
                 index = error.get("index") if isinstance(error, dict) else None
                 if isinstance(index, int) and 0 <= index < len(batch):
@@ -541,7 +453,7 @@ def run(args: argparse.Namespace) -> int:
                     log(f"{error}")
             continue
         if status != 200 or not isinstance(answer, dict):
-            raise Failure(f"{where}: the portal answered HTTP {status}: {_detail(answer)}")
+            raise Failure(f"{where}: the portal answered HTTP {status}: {detail(answer)}")
         for key in totals:
             totals[key] += int(answer.get(key, 0))
         su += Decimal(str(answer.get("su_charged", "0")))

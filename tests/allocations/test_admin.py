@@ -29,6 +29,7 @@ from allocations.models import (
     Rate,
     RateCorrection,
     Resource,
+    SyncReport,
     Usage,
     UsageAdjustment,
 )
@@ -135,6 +136,14 @@ ROWS = {
         actor=w.dana,
         reason="r",
     ),
+    SyncReport: lambda w, i: SyncReport(
+        cluster=w.cluster,
+        mode="APPLY",
+        succeeded=True,
+        drift=[{"kind": "missing_user", "account": "folding-gpu", "user": f"u{i}"}],
+        drift_count=1,
+        applied=[f"sacctmgr --immediate add user u{i} Account=folding-gpu cluster=gpu1"],
+    ),
     Hold: lambda w, i: Hold(
         cluster=w.cluster,
         allocation=w.allocation,
@@ -154,6 +163,7 @@ APPEND_ONLY = [
     UsageAdjustment,
     RateCorrection,
     Hold,
+    SyncReport,
 ]
 
 
@@ -186,6 +196,27 @@ class TestChangelists:
         row = response.context["cl"].result_list[0]
         assert (row.su_budget, row.su_used) == (Decimal("1000"), Decimal("2"))
         assert "998.0000" in response.content.decode()
+
+    def test_it_shows_each_clusters_last_sync_and_its_drift(self, signed_in, world):
+        add_rows(world, SyncReport, 0, 2)
+        SyncReport.objects.create(
+            cluster=world.cluster,
+            mode="DRY_RUN",
+            succeeded=False,
+            error="sacctmgr: error: Problem talking to the database",
+            drift=[{"kind": "limits", "account": "folding-gpu", "user": u} for u in "abc"],
+            drift_count=3,
+        )
+        Cluster.objects.create(name="never-synced")
+
+        response = signed_in.get(url(Cluster, "changelist"))
+
+        rows = {row.name: row for row in response.context["cl"].result_list}
+        assert (rows["gpu1"].last_sync_drift_count, rows["gpu1"].last_sync_succeeded) == (3, False)
+        assert rows["never-synced"].last_sync_at is None
+        content = response.content.decode()
+        assert "dry run, FAILED" in content
+        assert "never" in content
 
 
 class TestPages:

@@ -29,6 +29,7 @@ from allocations.models import (
     Rate,
     RateCorrection,
     Resource,
+    SyncReport,
     TresMapping,
     Usage,
     UsageAdjustment,
@@ -178,6 +179,28 @@ CASES = [
         "allocations_cluster_capacity_positive",
         "",
         lambda w: _update(w.cluster, su_capacity_per_month=0),
+    ),
+    (
+        "allocations_cluster_billing_rate_positive",
+        "",
+        lambda w: _update(w.cluster, su_per_billing_unit_hour=0),
+    ),
+    (
+        "allocations_syncreport_valid_mode",
+        "",
+        lambda w: SyncReport.objects.create(cluster=w.cluster, mode="MAYBE", succeeded=True),
+    ),
+    (
+        "allocations_syncreport_error_iff_failed",
+        "failed without a reason",
+        lambda w: SyncReport.objects.create(cluster=w.cluster, mode="APPLY", succeeded=False),
+    ),
+    (
+        "allocations_syncreport_error_iff_failed",
+        "succeeded with an error",
+        lambda w: SyncReport.objects.create(
+            cluster=w.cluster, mode="APPLY", succeeded=True, error="sacctmgr failed"
+        ),
     ),
     (
         "allocations_resource_unique_name",
