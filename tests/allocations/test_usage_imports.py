@@ -12,7 +12,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
@@ -31,6 +31,7 @@ from allocations.imports import (
 from allocations.ledger import ledger_drift
 from allocations.models import Cluster, TresMapping, Usage, UsageImport
 from allocations.selectors import usage_import_progress
+from allocations.tasks import run_usage_import_task
 from tests.allocations import test_import_usage as samples
 from tests.allocations.test_import_usage import (
     CUT_SHORT,
@@ -475,3 +476,47 @@ class TestProgress:
         assert progress.percent == 99
         assert progress.rows_per_second is None
         assert progress.eta_seconds is None
+
+
+class TestTask:
+    def test_it_is_acknowledged_late_and_given_back_when_its_worker_dies(self):
+        assert run_usage_import_task.acks_late
+        assert run_usage_import_task.reject_on_worker_lost
+        assert run_usage_import_task.soft_time_limit < run_usage_import_task.time_limit
+
+    def _deliver(self, code, monkeypatch) -> list:
+        """Runs the task as a worker does (not eagerly); returns the retries it asked for."""
+        retries = []
+
+        def retry(countdown):
+            retries.append(countdown)
+            return Retry()
+
+        monkeypatch.setattr(run_usage_import_task, "retry", retry)
+        run_usage_import_task.push_request(is_eager=False)
+        try:
+            run_usage_import_task.run(str(code))
+        except Retry:
+            pass
+        finally:
+            run_usage_import_task.pop_request()
+        return retries
+
+    def test_a_redelivery_waits_for_a_live_runners_heartbeat_to_go_stale(
+        self, site, dana, settings, monkeypatch
+    ):
+        usage_import = create(site, dana, SACCT.read_bytes())
+        UsageImport.objects.filter(pk=usage_import.pk).update(
+            state=State.RUNNING, runner=usage_import.code, heartbeat_at=timezone.now()
+        )
+
+        assert self._deliver(usage_import.code, monkeypatch) == [settings.IMPORT_STALE_SECONDS]
+        assert Usage.objects.count() == 0
+
+    def test_a_redelivery_of_a_finished_import_does_nothing(self, site, dana, monkeypatch):
+        usage_import = create(site, dana, SACCT.read_bytes())
+        usage_import_run(code=usage_import.code)
+        before = counters(usage_import)
+
+        assert self._deliver(usage_import.code, monkeypatch) == []
+        assert counters(usage_import) == before
