@@ -30,6 +30,10 @@ def user_administers_cluster(*, user: User, cluster: Cluster) -> bool:
     return cluster.admins.filter(pk=user.pk).exists()
 
 
+def user_administers_any_cluster(*, user: User) -> bool:
+    return user.is_authenticated and Cluster.objects.filter(admins=user).exists()
+
+
 def project_list_for(*, user: User) -> QuerySet[Project]:
     """Projects the user leads, manages, or holds a membership in."""
     qs = Project.objects.select_related("pi")
