@@ -93,6 +93,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "allocations.staticfiles.PlotlyFinder",
+]
 STATIC_ROOT = BASE_DIR / "var" / "static"
 
 # E-mail: printed to the console unless an SMTP host is configured.

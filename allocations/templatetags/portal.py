@@ -1,7 +1,6 @@
 from decimal import Decimal
 
 from django import template
-from django.urls import NoReverseMatch, reverse
 
 from allocations import selectors
 
@@ -13,7 +12,7 @@ def can_review(user) -> bool:
     """Whether the nav shows the review queue: superusers and the admins of any cluster."""
     if not user.is_authenticated:
         return False
-    # Memoised on the user object: the layout asks once per page, but included templates may ask again.
+    # Memoised on the user: the layout asks once per page, and included templates may ask again.
     cached = getattr(user, "_portal_can_review", None)
     if cached is None:
         cached = user.is_superuser or selectors.user_administers_any_cluster(user=user)
@@ -31,9 +30,15 @@ def su(value) -> str:
     return "0" if text in ("-0", "") else text
 
 
-@register.simple_tag
-def url_or_empty(name, *args) -> str:
-    try:
-        return reverse(name, args=args)
-    except NoReverseMatch:
-        return ""
+@register.filter
+def signed_su(value) -> str:
+    if value is None:
+        return "—"
+    text = su(value)
+    return text if Decimal(value) < 0 else f"+{text}"
+
+
+@register.filter
+def unit_hours(raw_unit_seconds) -> str:
+    """Raw usage in unit-hours (GPU-hours, core-hours), to two places for reading."""
+    return f"{Decimal(raw_unit_seconds) / 3600:,.2f}"
