@@ -301,7 +301,11 @@ class ClusterAdmin(NoDeleteAdmin):
     list_filter = (("su_capacity_per_month", admin.EmptyFieldListFilter),)
     search_fields = ("name", "title")
     autocomplete_fields = ("admins",)
-    readonly_fields = ("code",)
+
+    def get_readonly_fields(self, request, obj=None):
+        # Capacity changes are recorded (who, when, why) by services.cluster_set_capacity,
+        # which the review pages' Capacity tab calls; here it is set only at creation.
+        return ("code", "su_capacity_per_month") if obj else ("code",)
 
 
 @admin.register(Resource)

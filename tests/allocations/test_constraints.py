@@ -21,6 +21,7 @@ from allocations.models import (
     Allocation,
     AllocationChange,
     ChangeRequest,
+    ClusterCapacityChange,
     Hold,
     Membership,
     MembershipChange,
@@ -158,6 +159,13 @@ CASES = [
         "allocations_cluster_capacity_positive",
         "",
         lambda w: _update(w.cluster, su_capacity_per_month=0),
+    ),
+    (
+        "allocations_clustercapacitychange_capacity_positive",
+        "",
+        lambda w: ClusterCapacityChange.objects.create(
+            cluster=w.cluster, new_su_capacity_per_month=Decimal(0), reason="Typo"
+        ),
     ),
     (
         "allocations_resource_unique_name",
