@@ -1,6 +1,9 @@
 """Reads: who may see or act on what, and the querysets pages and the API share."""
 
 import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db.models import (
@@ -25,6 +28,7 @@ from allocations.models import (
     Cluster,
     Membership,
     Project,
+    Rate,
     Status,
     Usage,
     UsageAdjustment,
@@ -260,3 +264,268 @@ def cap_summary(*, allocation: Allocation) -> dict:
         "unclaimed": allocation.su_budget - capped,
         "overcommitted": capped > allocation.su_budget,
     }
+
+
+# --- the review queue (cluster admins) ----------------------------------------------------
+
+# Burn rate: net SUs charged over this many days before now, per day.
+BURN_WINDOW_DAYS = 30
+
+
+def clusters_administered_by(*, user: User) -> QuerySet[Cluster]:
+    if user.is_superuser:
+        return Cluster.objects.all()
+    return Cluster.objects.filter(admins=user)
+
+
+def review_queue(
+    *, user: User, cluster: Cluster | None = None, max_su: Decimal | None = None
+) -> QuerySet[ChangeRequest]:
+    """Pending requests on the user's clusters (a superuser's: all), by priority then
+    age; `max_su` keeps those asking for at most that many SUs (the small ones)."""
+    qs = pending_requests_for_admin(user=user).select_related("allocation__project__pi")
+    if cluster is not None:
+        qs = qs.filter(allocation__cluster=cluster)
+    if max_su is not None:
+        qs = qs.filter(Q(su_delta__isnull=True) | Q(su_delta__lte=max_su))
+    return qs.order_by("-priority", "created", "pk")
+
+
+def burn_rates(*, allocations: Iterable[Allocation], now: dt.datetime) -> dict[int, Decimal]:
+    """SUs per day each allocation burned over the last BURN_WINDOW_DAYS: usage charged in
+    the window plus adjustments (refunds, corrections) made in it, divided by the window's
+    days, or by the days since the allocation started when that is fewer. Two queries
+    whatever the number of allocations."""
+    allocations = list(allocations)
+    if not allocations:
+        return {}
+    ids = [a.pk for a in allocations]
+    since = now - dt.timedelta(days=BURN_WINDOW_DAYS)
+    net: dict[int, Decimal] = defaultdict(Decimal)
+    charged = (
+        Usage.objects.filter(allocation_id__in=ids, charged_at__gte=since, charged_at__lt=now)
+        .values("allocation_id")
+        .annotate(total=Sum("su_amount"))
+        .order_by()
+    )
+    adjusted = (
+        UsageAdjustment.objects.filter(allocation_id__in=ids, created__gte=since, created__lt=now)
+        .values("allocation_id")
+        .annotate(total=Sum("su_delta"))
+        .order_by()
+    )
+    for row in [*charged, *adjusted]:
+        net[row["allocation_id"]] += Decimal(row["total"] or 0)
+    today = now.date()
+    rates = {}
+    for allocation in allocations:
+        days = min(BURN_WINDOW_DAYS, max((today - allocation.start).days, 1))
+        rates[allocation.pk] = (max(net[allocation.pk], Decimal(0)) / days).quantize(
+            Decimal("0.0001")
+        )
+    return rates
+
+
+def exhaustion_date(*, remaining: Decimal, burn_rate: Decimal, today: dt.date) -> dt.date | None:
+    """When the remaining SUs run out at this burn rate (None: never, or already out)."""
+    if burn_rate <= 0 or remaining <= 0:
+        return None
+    return today + dt.timedelta(days=int(remaining / burn_rate))
+
+
+def month_bounds(day: dt.date) -> tuple[dt.date, dt.date]:
+    first = day.replace(day=1)
+    following = (first + dt.timedelta(days=32)).replace(day=1)
+    return first, following - dt.timedelta(days=1)
+
+
+def su_share_in(
+    *, budget: Decimal, start: dt.date, end: dt.date, first: dt.date, last: dt.date
+) -> Decimal:
+    """The part of a budget spread evenly over [start, end] that falls in [first, last]."""
+    overlap = (min(end, last) - max(start, first)).days + 1
+    if overlap <= 0:
+        return Decimal(0)
+    return budget * overlap / ((end - start).days + 1)
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """A cluster's committed SUs in one month, now and if a request were approved.
+
+    Committed: every ACTIVE allocation's budget spread evenly over its days; a month's
+    commitment is the sum of the shares falling in it, compared to su_capacity_per_month."""
+
+    month: dt.date
+    capacity: Decimal | None
+    committed: Decimal
+    if_approved: Decimal
+
+    @staticmethod
+    def _percent(amount: Decimal, capacity: Decimal | None) -> Decimal | None:
+        if not capacity:
+            return None
+        return (amount * 100 / capacity).quantize(Decimal("0.1"))
+
+    @property
+    def committed_percent(self) -> Decimal | None:
+        return self._percent(self.committed, self.capacity)
+
+    @property
+    def if_approved_percent(self) -> Decimal | None:
+        return self._percent(self.if_approved, self.capacity)
+
+    @property
+    def over_capacity(self) -> bool:
+        return self.capacity is not None and self.if_approved > self.capacity
+
+
+def _after_approval(request: ChangeRequest) -> tuple[Decimal, dt.date, dt.date, str]:
+    allocation = request.allocation
+    return (
+        allocation.su_budget + (request.su_delta or 0),
+        allocation.start,
+        request.requested_end or allocation.end,
+        request.requested_status or allocation.status,
+    )
+
+
+def commitments_for_requests(
+    *, requests: Iterable[ChangeRequest], today: dt.date
+) -> dict[int, Commitment]:
+    """For each request: its cluster's commitment in the month that matters (this month,
+    or the allocation's first month if it starts later), now and if approved as asked.
+    One query for any number of requests."""
+    requests = list(requests)
+    if not requests:
+        return {}
+    months = {}
+    for request in requests:
+        _, start, _, _ = _after_approval(request)
+        months[request.pk] = month_bounds(max(today, start))
+    firsts = [first for first, _ in months.values()]
+    lasts = [last for _, last in months.values()]
+    active = list(
+        Allocation.objects.filter(
+            cluster_id__in={r.allocation.cluster_id for r in requests},
+            status=Status.ACTIVE,
+            start__lte=max(lasts),
+            end__gte=min(firsts),
+        ).values_list("pk", "cluster_id", "su_budget", "start", "end")
+    )
+    out = {}
+    for request in requests:
+        first, last = months[request.pk]
+        allocation = request.allocation
+        committed = sum(
+            (
+                su_share_in(budget=budget, start=start, end=end, first=first, last=last)
+                for pk, cluster_id, budget, start, end in active
+                if cluster_id == allocation.cluster_id
+            ),
+            Decimal(0),
+        )
+        after = committed
+        if allocation.status == Status.ACTIVE:
+            after -= su_share_in(
+                budget=allocation.su_budget,
+                start=allocation.start,
+                end=allocation.end,
+                first=first,
+                last=last,
+            )
+        budget, start, end, status = _after_approval(request)
+        if status == Status.ACTIVE:
+            after += su_share_in(budget=budget, start=start, end=end, first=first, last=last)
+        out[request.pk] = Commitment(
+            month=first,
+            capacity=allocation.cluster.su_capacity_per_month,
+            committed=committed.quantize(Decimal("0.0001")),
+            if_approved=after.quantize(Decimal("0.0001")),
+        )
+    return out
+
+
+def cluster_commitment_by_month(
+    *, cluster: Cluster, first_month: dt.date, months: int = 12
+) -> list[Commitment]:
+    """The cluster's commitment in each of `months` months from first_month (one query)."""
+    bounds = []
+    day = first_month.replace(day=1)
+    for _ in range(months):
+        bounds.append(month_bounds(day))
+        day = bounds[-1][1] + dt.timedelta(days=1)
+    active = list(
+        Allocation.objects.filter(
+            cluster=cluster,
+            status=Status.ACTIVE,
+            start__lte=bounds[-1][1],
+            end__gte=bounds[0][0],
+        ).values_list("su_budget", "start", "end")
+    )
+    out = []
+    for first, last in bounds:
+        committed = sum(
+            (
+                su_share_in(budget=budget, start=start, end=end, first=first, last=last)
+                for budget, start, end in active
+            ),
+            Decimal(0),
+        ).quantize(Decimal("0.0001"))
+        out.append(
+            Commitment(
+                month=first,
+                capacity=cluster.su_capacity_per_month,
+                committed=committed,
+                if_approved=committed,
+            )
+        )
+    return out
+
+
+def project_request_history(*, project_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """How many of each project's requests ended in each state (one query)."""
+    history: dict[int, dict[str, int]] = defaultdict(dict)
+    rows = (
+        ChangeRequest.objects.filter(allocation__project_id__in=set(project_ids))
+        .exclude(state=ChangeRequest.State.PENDING)
+        .values("allocation__project_id", "state")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    for row in rows:
+        history[row["allocation__project_id"]][row["state"]] = row["n"]
+    return history
+
+
+def project_decided_requests(*, project: Project) -> QuerySet[ChangeRequest]:
+    """A project's earlier requests, newest first, for the review page's history."""
+    return (
+        ChangeRequest.objects.filter(allocation__project=project)
+        .exclude(state=ChangeRequest.State.PENDING)
+        .select_related("allocation__cluster", "requester", "decided_by")
+        .order_by("-created", "-pk")
+    )
+
+
+def allocations_on_cluster(
+    *, cluster: Cluster, status: str = "", search: str = ""
+) -> QuerySet[Allocation]:
+    qs = Allocation.objects.filter(cluster=cluster).select_related("project__pi", "cluster")
+    if status:
+        qs = qs.filter(status=status)
+    if search:
+        qs = qs.filter(
+            Q(name__icontains=search)
+            | Q(project__title__icontains=search)
+            | Q(project__pi__username__icontains=search)
+        )
+    return qs.order_by("name")
+
+
+def rates_on_cluster(*, cluster: Cluster) -> QuerySet[Rate]:
+    return (
+        Rate.objects.filter(resource__cluster=cluster)
+        .select_related("resource", "created_by")
+        .order_by("resource__name", "-start")
+    )
