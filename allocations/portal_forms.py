@@ -46,6 +46,11 @@ class PortalForm(forms.Form):
         super().__init__(*args, **kwargs)
         self._wire_aria(with_errors=False)
 
+    def add_error(self, field, error):
+        # Also for refusals a service raises after validation (show_refusal).
+        super().add_error(field, error)
+        self._wire_aria(with_errors=True)
+
 
 class AllocationRequestForm(PortalForm):
     project = forms.ModelChoiceField(queryset=None, empty_label=None)
