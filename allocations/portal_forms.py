@@ -76,6 +76,10 @@ class AllocationRequestForm(PortalForm):
     def __init__(self, *args, projects, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects
+        # Public codes, not ids, in the page and in links that preselect a project.
+        self.fields["project"].to_field_name = "code"
+        self.fields["cluster"].to_field_name = "code"
+        self.fields["resources"].to_field_name = "code"
 
     def clean(self):
         cleaned = super().clean()
@@ -144,12 +148,14 @@ class CancelForm(PortalForm):
     reason = forms.CharField(label="Why (optional)", required=False, max_length=500)
 
 
-class MemberAddForm(PortalForm):
-    user = forms.CharField(label="Username or e-mail", max_length=254)
-    su_cap = _su_field("Cap (SU)", required=False, min_value=0, help_text="Empty: the whole pool.")
+class UserField(forms.CharField):
+    """A user named by username or e-mail, case-insensitively."""
 
-    def clean_user(self):
-        value = self.cleaned_data["user"].strip()
+    def __init__(self, **kwargs):
+        super().__init__(label="Username or e-mail", max_length=254, **kwargs)
+
+    def clean(self, value):
+        value = super().clean(value).strip()
         user = (
             User.objects.filter(Q(username__iexact=value) | Q(email__iexact=value), is_active=True)
             .order_by("pk")
@@ -158,6 +164,15 @@ class MemberAddForm(PortalForm):
         if user is None:
             raise forms.ValidationError(f"No user with the username or e-mail {value!r}.")
         return user
+
+
+class ManagerForm(PortalForm):
+    user = UserField()
+
+
+class MemberAddForm(PortalForm):
+    user = UserField()
+    su_cap = _su_field("Cap (SU)", required=False, min_value=0, help_text="Empty: the whole pool.")
 
 
 class CapForm(PortalForm):

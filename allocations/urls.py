@@ -17,5 +17,16 @@ urlpatterns = [
     path("members/<uuid:code>/status/", views.member_status, name="member-status"),
     path("requests/<uuid:code>/comment/", views.request_comment, name="request-comment"),
     path("requests/<uuid:code>/cancel/", views.request_cancel, name="request-cancel"),
+    path("projects/<uuid:code>/", views.project_detail, name="project"),
+    path(
+        "projects/<uuid:code>/managers/add/",
+        views.project_manager_add,
+        name="project-manager-add",
+    ),
+    path(
+        "projects/<uuid:code>/managers/remove/",
+        views.project_manager_remove,
+        name="project-manager-remove",
+    ),
     path("review/", include("allocations.review_urls")),
 ]

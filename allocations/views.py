@@ -19,7 +19,7 @@ from django.views.decorators.http import require_POST
 from accounts.models import User
 from allocations import charts, selectors, services
 from allocations.conversion import SU_QUANTUM
-from allocations.models import Allocation, ChangeRequest, Membership, Resource, Status
+from allocations.models import Allocation, ChangeRequest, Membership, Project, Resource, Status
 from allocations.portal_forms import (
     AllocationRequestForm,
     CancelForm,
@@ -27,6 +27,7 @@ from allocations.portal_forms import (
     ChangeRequestForm,
     CommentForm,
     JobFilterForm,
+    ManagerForm,
     MemberAddForm,
     MemberStatusForm,
     show_refusal,
@@ -321,7 +322,9 @@ def allocation_requests(request: HttpRequest, code) -> HttpResponse:
 def allocation_request_new(request: HttpRequest) -> HttpResponse:
     projects = selectors.projects_managed_by(user=request.user).filter(status=Status.ACTIVE)
     _require(projects.exists(), "Only the PI or a manager of an active project may request SUs.")
-    form = AllocationRequestForm(request.POST or None, projects=projects)
+    form = AllocationRequestForm(
+        request.POST or None, projects=projects, initial={"project": request.GET.get("project")}
+    )
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -574,3 +577,72 @@ def member_status(request: HttpRequest, code) -> HttpResponse:
         f"Status of {membership.user.username}",
         reverse("allocations:member-status", args=[code]),
     )
+
+
+# --- projects -------------------------------------------------------------------------
+
+
+def _project_access(request: HttpRequest, code) -> Project:
+    project = get_object_or_404(Project.objects.select_related("pi"), code=code)
+    if selectors.user_manages_project(user=request.user, project=project):
+        return project
+    if selectors.project_list_for(user=request.user).filter(pk=project.pk).exists():
+        raise PermissionDenied("Only the project's PI and managers.")
+    raise Http404("No such project.")
+
+
+@login_required
+def project_detail(request: HttpRequest, code) -> HttpResponse:
+    project = _project_access(request, code)
+    allocations = project.allocations.select_related("cluster").order_by("cluster__name", "name")
+    return render(
+        request,
+        "portal/project.html",
+        {
+            "project": project,
+            "page": _page(request, allocations),
+            "managers": project.managers.order_by("username"),
+            "is_pi": request.user.is_superuser or project.pi_id == request.user.pk,
+            "add_form": ManagerForm(),
+        },
+    )
+
+
+def _manager_action(request: HttpRequest, code, *, add: bool) -> HttpResponse:
+    project = _project_access(request, code)
+    form = ManagerForm(request.POST)
+    if form.is_valid():
+        user = form.cleaned_data["user"]
+        action = services.project_add_manager if add else services.project_remove_manager
+        try:
+            action(actor=request.user, project=project, user=user)
+        except (ValidationError, PermissionDenied) as refusal:
+            show_refusal(form, refusal)
+        else:
+            verb = "now manages" if add else "no longer manages"
+            messages.success(request, f"{user.username} {verb} {project.title}.")
+            return redirect("allocations:project", code=project.code)
+    name = "allocations:project-manager-add" if add else "allocations:project-manager-remove"
+    return render(
+        request,
+        "portal/project_action.html",
+        {
+            "project": project,
+            "form": form,
+            "title": "Name a manager" if add else "Remove a manager",
+            "action": reverse(name, args=[code]),
+        },
+        status=400,
+    )
+
+
+@login_required
+@require_POST
+def project_manager_add(request: HttpRequest, code) -> HttpResponse:
+    return _manager_action(request, code, add=True)
+
+
+@login_required
+@require_POST
+def project_manager_remove(request: HttpRequest, code) -> HttpResponse:
+    return _manager_action(request, code, add=False)

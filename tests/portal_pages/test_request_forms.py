@@ -9,10 +9,10 @@ from tests.portal_pages.conftest import client_as
 
 def new_allocation_data(project, cluster, *resources, **overrides):
     data = {
-        "project": project.pk,
-        "cluster": cluster.pk,
+        "project": str(project.code),
+        "cluster": str(cluster.code),
         "name": "folding-cpu",
-        "resources": [r.pk for r in resources],
+        "resources": [str(r.code) for r in resources],
         "su_amount": "500",
         "start": "2026-02-01",
         "end": "2026-11-30",
