@@ -42,3 +42,12 @@ def signed_su(value) -> str:
 def unit_hours(raw_unit_seconds) -> str:
     """Raw usage in unit-hours (GPU-hours, core-hours), to two places for reading."""
     return f"{Decimal(raw_unit_seconds) / 3600:,.2f}"
+
+
+@register.filter
+def plain_su(value) -> str:
+    """An SU amount as a form accepts it back: no separators, no trailing zeros."""
+    if value is None:
+        return ""
+    text = f"{Decimal(value):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -94,3 +94,9 @@ class TestMemberPages:
         membership.refresh_from_db()
         assert (membership.status, membership.su_cap) == ("ACTIVE", Decimal(300))
         assert allocation.memberships.count() == 2
+
+
+def test_the_cap_field_shows_a_value_the_form_takes_back(allocation, alice):
+    body = client_as(alice).get(f"/allocations/{allocation.code}/members/").content.decode()
+    # bob's 300 SU cap, without the separators or trailing zeros a form would refuse.
+    assert 'value="300"' in body
