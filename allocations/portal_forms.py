@@ -52,6 +52,17 @@ class PortalForm(forms.Form):
         self._wire_aria(with_errors=True)
 
 
+class ResourceCheckboxes(forms.CheckboxSelectMultiple):
+    """Each box names its cluster, so static/portal/forms.js can show only the chosen
+    cluster's resources; without scripts all are shown and clean() checks the choice."""
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        if value:
+            option["attrs"]["data-cluster"] = str(value.instance.cluster.code)
+        return option
+
+
 class AllocationRequestForm(PortalForm):
     project = forms.ModelChoiceField(queryset=None, empty_label=None)
     cluster = forms.ModelChoiceField(queryset=Cluster.objects.order_by("name"), empty_label=None)
@@ -62,7 +73,7 @@ class AllocationRequestForm(PortalForm):
     )
     resources = forms.ModelMultipleChoiceField(
         queryset=Resource.objects.select_related("cluster").order_by("cluster__name", "name"),
-        widget=forms.CheckboxSelectMultiple,
+        widget=ResourceCheckboxes,
         help_text="Only resources of the chosen cluster.",
     )
     su_amount = _su_field("SUs requested", min_value=0)
