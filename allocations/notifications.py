@@ -10,6 +10,9 @@ Who hears what:
 """
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -25,6 +28,19 @@ logger = logging.getLogger(__name__)
 
 Kind = ChangeRequestEvent.Kind
 
+_muted: ContextVar[bool] = ContextVar("notifications_muted", default=False)
+
+
+@contextmanager
+def muted() -> Iterator[None]:
+    """No e-mail for the steps written inside: load_demo makes up a history nobody is to
+    be told about."""
+    token = _muted.set(True)
+    try:
+        yield
+    finally:
+        _muted.reset(token)
+
 
 def request_event_announce(event: ChangeRequestEvent) -> None:
     """Queues the e-mails for this step, to go out once the current transaction commits.
@@ -33,6 +49,8 @@ def request_event_announce(event: ChangeRequestEvent) -> None:
     must not turn a recorded decision into an error page; the failure is logged."""
     from allocations.tasks import send_request_emails_task
 
+    if _muted.get():
+        return
     event_id = event.pk
     transaction.on_commit(lambda: send_request_emails_task.delay(event_id), robust=True)
 

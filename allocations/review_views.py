@@ -280,6 +280,7 @@ def allocation_detail(request: HttpRequest, code) -> HttpResponse:
 
 
 FREEZE = {"freeze": Status.INACTIVE, "unfreeze": Status.ACTIVE}
+DONE = {"freeze": "frozen", "unfreeze": "unfrozen"}
 
 
 def _status_page(request, *, what: str, current: str, action: str, apply, back: str):
@@ -293,7 +294,7 @@ def _status_page(request, *, what: str, current: str, action: str, apply, back: 
         except Refusal as refusal:
             show_refusal(form, refusal)
         else:
-            messages.success(request, f"{what[0].upper()}{what[1:]} {action}d.")
+            messages.success(request, f"{DONE[action].capitalize()}: {what}.")
             return redirect(back)
     return render(
         request,
@@ -464,8 +465,13 @@ def rate_close(request: HttpRequest, code) -> HttpResponse:
 @login_required
 def capacity(request: HttpRequest, code) -> HttpResponse:
     cluster = _cluster_for_admin(request, code)
+    current = cluster.su_capacity_per_month
     form = CapacityForm(
-        request.POST or None, initial={"su_capacity_per_month": cluster.su_capacity_per_month}
+        request.POST or None,
+        # 7500, not 7500.0000: the field shows what an admin would type.
+        initial={
+            "su_capacity_per_month": f"{current:f}".rstrip("0").rstrip(".") if current else ""
+        },
     )
     if request.method == "POST" and form.is_valid():
         try:

@@ -5,7 +5,7 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from allocations import services
+from allocations import notifications, services
 from allocations.models import ChangeRequest
 from tests.conftest import make_user
 
@@ -199,3 +199,14 @@ def test_a_committed_request_is_emailed_for_real(alice, project, cluster, gpu, d
     )
 
     assert recipients() == ["dana@example.edu"]
+
+
+def test_nothing_is_sent_for_steps_written_while_muted(
+    allocation, alice, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True), notifications.muted():
+        services.change_request_submit(
+            actor=alice, allocation=allocation, su_delta="5", justification="Demo"
+        )
+
+    assert mail.outbox == []
