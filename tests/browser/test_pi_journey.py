@@ -28,7 +28,7 @@ def test_a_pi_requests_sus_and_sees_the_admins_decision(new_page, allocation, al
 
     admin = new_page()
     sign_in(admin, dana)
-    admin.get_by_role("link", name="Review").click()
+    admin.get_by_role("link", name="Review", exact=True).click()
     admin.get_by_role("link", name="folding-gpu").first.click()
     approve = admin.locator("form", has=admin.get_by_role("button", name="Approve"))
     approve.get_by_label("SUs to grant").fill("300")
@@ -45,3 +45,18 @@ def test_a_pi_requests_sus_and_sees_the_admins_decision(new_page, allocation, al
     ).to_be_visible()
     pi.get_by_role("link", name="Requests").click()
     expect(pi.get_by_text("granted +300 SU")).to_be_visible()
+
+
+def test_a_keyboard_user_skips_the_nav_and_signs_out(page, allocation, bob):
+    sign_in(page, bob)
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    # A member sees the allocation's balance and their own usage, no member list.
+    page.get_by_role("link", name="folding-gpu").click()
+    expect(page.get_by_role("heading", name="Your usage", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="Members", exact=True)).to_have_count(0)
+    page.get_by_role("button", name="Sign out").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Signed out")).to_be_visible()
