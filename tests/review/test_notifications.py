@@ -210,3 +210,19 @@ def test_nothing_is_sent_for_steps_written_while_muted(
         )
 
     assert mail.outbox == []
+
+
+def test_a_mail_server_that_is_down_does_not_undo_or_break_the_decision(
+    submitted, dana, django_capture_on_commit_callbacks, monkeypatch, caplog
+):
+    def refuse(self, messages):
+        raise ConnectionRefusedError("smtp is down")
+
+    monkeypatch.setattr("django.core.mail.backends.locmem.EmailBackend.send_messages", refuse)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.change_request_reject(actor=dana, request=submitted, reason="Full")
+
+    submitted.refresh_from_db()
+    assert submitted.state == "REJECTED"
+    assert "smtp is down" in caplog.text
