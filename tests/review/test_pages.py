@@ -580,3 +580,26 @@ class TestCapacity:
             )
 
         assert response.status_code == 404
+
+
+class TestASuperuser:
+    """Site-wide power: every action of a cluster admin, on any cluster."""
+
+    def test_decides_freezes_and_sets_capacity(self, world, staff):
+        client = client_as(staff)
+        allocation = world["allocation"]
+
+        approved = client.post(url("request", world["request"].code), {"action": "approve"})
+        frozen = client.post(
+            url("member-status", world["membership"].code, "freeze"), {"reason": "x"}
+        )
+        capacity = client.post(
+            url("capacity", allocation.cluster.code),
+            {"su_capacity_per_month": "5", "reason": "x"},
+        )
+
+        assert (approved.status_code, frozen.status_code, capacity.status_code) == (302, 302, 302)
+        allocation.refresh_from_db()
+        world["membership"].refresh_from_db()
+        assert allocation.su_budget == Decimal(1500)
+        assert world["membership"].status == Status.INACTIVE
