@@ -318,7 +318,12 @@ class ClusterAdmin(NoDeleteAdmin):
     list_filter = (("su_capacity_per_month", admin.EmptyFieldListFilter),)
     search_fields = ("name", "title")
     autocomplete_fields = ("admins",)
-    readonly_fields = ("code", "last_sync", "last_sync_drift")
+
+    def get_readonly_fields(self, request, obj=None):
+        # Capacity changes are recorded (who, when, why) by services.cluster_set_capacity,
+        # which the review pages' Capacity tab calls; here it is set only at creation.
+        fixed = ("code", "last_sync", "last_sync_drift")
+        return (*fixed, "su_capacity_per_month") if obj else fixed
 
     def get_queryset(self, request):
         # The latest report of each cluster in the same query (alloc_syncreport_latest).

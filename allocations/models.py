@@ -1063,3 +1063,39 @@ class SyncReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_mode_display()} on {self.cluster.name} at {self.created:%Y-%m-%d %H:%M}"
+
+
+class ClusterCapacityChange(models.Model):
+    """Append-only record of a change to a cluster's monthly capacity. Cluster holds the
+    current value; these rows say who changed it, when, from what and why."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="capacity_changes")
+    # Empty: no capacity set (commitment is then shown without a percentage).
+    old_su_capacity_per_month = su_field(null=True, blank=True)
+    new_su_capacity_per_month = su_field(null=True, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    reason = models.TextField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [
+            # The capacity page: a cluster's changes, newest first.
+            models.Index(fields=["cluster", "created"], name="alloc_capacity_history"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(new_su_capacity_per_month__isnull=True)
+                | Q(new_su_capacity_per_month__gt=0),
+                name="allocations_clustercapacitychange_capacity_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cluster.name} capacity on {self.created:%Y-%m-%d}"

@@ -4,18 +4,31 @@ import csv
 import datetime as dt
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from django.db.models import Q, QuerySet
+from django.db.models import (
+    Count,
+    Exists,
+    F,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
 from allocations.models import (
     Allocation,
     ChangeRequest,
+    ChangeRequestEvent,
     Cluster,
     Membership,
     Project,
@@ -23,11 +36,16 @@ from allocations.models import (
     Status,
     SyncReport,
     TresMapping,
+    Usage,
+    UsageAdjustment,
     UsageImport,
+    su_field,
 )
 
 if TYPE_CHECKING:
     from allocations.slurm import DesiredState
+
+SU = su_field()
 
 # A frozen (INACTIVE) member still sees the allocation and why they cannot charge it; a
 # removed (DELETED) one no longer does.
@@ -52,6 +70,10 @@ def user_administers_cluster(*, user: User, cluster: Cluster) -> bool:
     if user.is_superuser:
         return True
     return cluster.admins.filter(pk=user.pk).exists()
+
+
+def user_administers_any_cluster(*, user: User) -> bool:
+    return user.is_authenticated and Cluster.objects.filter(admins=user).exists()
 
 
 def project_list_for(*, user: User) -> QuerySet[Project]:
@@ -201,3 +223,419 @@ def desired_state_for(*, cluster: Cluster, at: dt.datetime | None = None) -> "De
 
 def sync_report_list_for_cluster(*, cluster: Cluster) -> QuerySet[SyncReport]:
     return SyncReport.objects.filter(cluster=cluster).select_related("cluster", "token")
+
+
+# --- the browser portal ---------------------------------------------------------------
+
+
+def portal_allocation_list(*, user: User) -> QuerySet[Allocation]:
+    """The dashboard: allocations of projects the user leads or manages, and those they
+    are a member of, with the user's own membership and whether a request is pending.
+
+    Unlike allocation_list_for, a cluster admin's clusters are not listed here (the review
+    queue is their view of them), nor is every allocation for a superuser."""
+    mine = Membership.objects.filter(allocation=OuterRef("pk"), user=user)
+    return (
+        Allocation.objects.select_related("project", "project__pi", "cluster")
+        .filter(
+            Q(project__pi=user)
+            | Q(project__managers=user)
+            | Q(memberships__user=user, memberships__status__in=_VISIBLE_MEMBERSHIP)
+        )
+        .exclude(status=Status.DELETED)
+        .annotate(
+            has_pending=Exists(
+                ChangeRequest.objects.filter(
+                    allocation=OuterRef("pk"), state=ChangeRequest.State.PENDING
+                )
+            ),
+            my_status=Subquery(mine.values("status")[:1]),
+            my_su_used=Subquery(mine.values("su_used")[:1]),
+            my_su_cap=Subquery(mine.values("su_cap")[:1]),
+            i_manage=Q(project__pi=user)
+            | Exists(
+                Project.managers.through.objects.filter(
+                    project_id=OuterRef("project_id"), user_id=user.pk
+                )
+            ),
+        )
+        .distinct()
+        .order_by("project__title", "cluster__name", "name")
+    )
+
+
+def projects_managed_by(*, user: User) -> QuerySet[Project]:
+    qs = Project.objects.select_related("pi").order_by("title")
+    if user.is_superuser:
+        return qs
+    return qs.filter(Q(pi=user) | Q(managers=user)).distinct()
+
+
+def _net_usage(allocation: Allocation, user: User | None):
+    """Usage rows and adjustment rows of an allocation (or of one member of it)."""
+    usage = Usage.objects.filter(allocation=allocation)
+    adjustments = UsageAdjustment.objects.filter(allocation=allocation)
+    if user is not None:
+        usage = usage.filter(user=user)
+        adjustments = adjustments.filter(user=user)
+    return usage, adjustments
+
+
+def usage_by_resource(*, allocation: Allocation, user: User | None = None) -> list[dict]:
+    """[{resource, su}] with adjustments counted against the resource of the job they adjust."""
+    usage, adjustments = _net_usage(allocation, user)
+    totals: dict[str, Decimal] = {}
+    for row in usage.values("resource__name").annotate(su=Sum("su_amount")).order_by():
+        totals[row["resource__name"]] = row["su"]
+    for row in adjustments.values("usage__resource__name").annotate(su=Sum("su_delta")).order_by():
+        name = row["usage__resource__name"]
+        totals[name] = totals.get(name, Decimal(0)) + row["su"]
+    return [{"resource": name, "su": su} for name, su in sorted(totals.items())]
+
+
+def usage_by_day(
+    *, allocation: Allocation, user: User | None = None
+) -> list[tuple[dt.date, Decimal]]:
+    """SUs charged per UTC day (adjustments on the day they were made); served by the
+    (allocation, charged_at) and (allocation, user, charged_at) indexes."""
+    usage, adjustments = _net_usage(allocation, user)
+    rows = [
+        (row["day"], row["su"])
+        for row in usage.annotate(day=TruncDate("charged_at"))
+        .values("day")
+        .annotate(su=Sum("su_amount"))
+        .order_by()
+    ]
+    rows += [
+        (row["day"], row["su"])
+        for row in adjustments.annotate(day=TruncDate("created"))
+        .values("day")
+        .annotate(su=Sum("su_delta"))
+        .order_by()
+    ]
+    return rows
+
+
+def budget_steps(*, allocation: Allocation) -> list[tuple[dt.date, Decimal]]:
+    """(day, budget after that day's last diff): the budget line of the burn-down chart."""
+    steps: dict[dt.date, Decimal] = {}
+    for created, budget in allocation.changes.order_by("created", "id").values_list(
+        "created", "su_budget"
+    ):
+        steps[created.date()] = budget
+    return sorted(steps.items())
+
+
+def jobs_for(*, allocation: Allocation, user: User | None = None) -> QuerySet[Usage]:
+    """An allocation's usage rows, newest first, each with its net charge (su_net)."""
+    adjusted = (
+        UsageAdjustment.objects.filter(usage=OuterRef("pk"))
+        .values("usage")
+        .annotate(total=Sum("su_delta"))
+        .values("total")
+    )
+    qs = Usage.objects.filter(allocation=allocation).select_related("user", "resource")
+    if user is not None:
+        qs = qs.filter(user=user)
+    return qs.annotate(
+        su_net=F("su_amount") + Coalesce(Subquery(adjusted), Value(Decimal(0)), output_field=SU)
+    ).order_by("-charged_at", "-id")
+
+
+def requests_for_allocation(*, allocation: Allocation) -> QuerySet[ChangeRequest]:
+    return (
+        allocation.change_requests.select_related("requester", "decided_by")
+        .prefetch_related(
+            Prefetch(
+                "events",
+                queryset=ChangeRequestEvent.objects.select_related("actor").order_by(
+                    "created", "id"
+                ),
+            )
+        )
+        .order_by("-created", "-id")
+    )
+
+
+def memberships_for_allocation(*, allocation: Allocation) -> QuerySet[Membership]:
+    return allocation.memberships.select_related("user").order_by("status", "user__username")
+
+
+def cap_summary(*, allocation: Allocation) -> dict:
+    """Caps of the members who may still charge, against the budget: the pool no cap
+    claims, and whether caps add up to more than the budget (allowed, but worth a warning)."""
+    row = allocation.memberships.exclude(status=Status.DELETED).aggregate(
+        capped=Sum("su_cap"), uncapped=Count("pk", filter=Q(su_cap__isnull=True))
+    )
+    capped = row["capped"] or Decimal(0)
+    return {
+        "capped": capped,
+        "uncapped_members": row["uncapped"],
+        "unclaimed": allocation.su_budget - capped,
+        "overcommitted": capped > allocation.su_budget,
+    }
+
+
+# --- the review queue (cluster admins) ----------------------------------------------------
+
+# Burn rate: net SUs charged over this many days before now, per day.
+BURN_WINDOW_DAYS = 30
+
+
+def clusters_administered_by(*, user: User) -> QuerySet[Cluster]:
+    if user.is_superuser:
+        return Cluster.objects.all()
+    return Cluster.objects.filter(admins=user)
+
+
+def review_queue(
+    *, user: User, cluster: Cluster | None = None, max_su: Decimal | None = None
+) -> QuerySet[ChangeRequest]:
+    """Pending requests on the user's clusters (a superuser's: all), by priority then
+    age; `max_su` keeps those asking for at most that many SUs (the small ones)."""
+    qs = pending_requests_for_admin(user=user).select_related("allocation__project__pi")
+    if cluster is not None:
+        qs = qs.filter(allocation__cluster=cluster)
+    if max_su is not None:
+        qs = qs.filter(Q(su_delta__isnull=True) | Q(su_delta__lte=max_su))
+    return qs.order_by("-priority", "created", "pk")
+
+
+def burn_rates(*, allocations: Iterable[Allocation], now: dt.datetime) -> dict[int, Decimal]:
+    """SUs per day each allocation burned over the last BURN_WINDOW_DAYS: usage charged in
+    the window plus adjustments (refunds, corrections) made in it, divided by the window's
+    days, or by the days since the allocation started when that is fewer. Two queries
+    whatever the number of allocations."""
+    allocations = list(allocations)
+    if not allocations:
+        return {}
+    ids = [a.pk for a in allocations]
+    since = now - dt.timedelta(days=BURN_WINDOW_DAYS)
+    net: dict[int, Decimal] = defaultdict(Decimal)
+    charged = (
+        Usage.objects.filter(allocation_id__in=ids, charged_at__gte=since, charged_at__lt=now)
+        .values("allocation_id")
+        .annotate(total=Sum("su_amount"))
+        .order_by()
+    )
+    adjusted = (
+        UsageAdjustment.objects.filter(allocation_id__in=ids, created__gte=since, created__lt=now)
+        .values("allocation_id")
+        .annotate(total=Sum("su_delta"))
+        .order_by()
+    )
+    for row in [*charged, *adjusted]:
+        net[row["allocation_id"]] += Decimal(row["total"] or 0)
+    today = now.date()
+    rates = {}
+    for allocation in allocations:
+        days = min(BURN_WINDOW_DAYS, max((today - allocation.start).days, 1))
+        rates[allocation.pk] = (max(net[allocation.pk], Decimal(0)) / days).quantize(
+            Decimal("0.0001")
+        )
+    return rates
+
+
+def exhaustion_date(*, remaining: Decimal, burn_rate: Decimal, today: dt.date) -> dt.date | None:
+    """When the remaining SUs run out at this burn rate (None: never, or already out)."""
+    if burn_rate <= 0 or remaining <= 0:
+        return None
+    return today + dt.timedelta(days=int(remaining / burn_rate))
+
+
+def month_bounds(day: dt.date) -> tuple[dt.date, dt.date]:
+    first = day.replace(day=1)
+    following = (first + dt.timedelta(days=32)).replace(day=1)
+    return first, following - dt.timedelta(days=1)
+
+
+def su_share_in(
+    *, budget: Decimal, start: dt.date, end: dt.date, first: dt.date, last: dt.date
+) -> Decimal:
+    """The part of a budget spread evenly over [start, end] that falls in [first, last]."""
+    overlap = (min(end, last) - max(start, first)).days + 1
+    if overlap <= 0:
+        return Decimal(0)
+    return budget * overlap / ((end - start).days + 1)
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """A cluster's committed SUs in one month, now and if a request were approved.
+
+    Committed: every ACTIVE allocation's budget spread evenly over its days; a month's
+    commitment is the sum of the shares falling in it, compared to su_capacity_per_month."""
+
+    month: dt.date
+    capacity: Decimal | None
+    committed: Decimal
+    if_approved: Decimal
+
+    @staticmethod
+    def _percent(amount: Decimal, capacity: Decimal | None) -> Decimal | None:
+        if not capacity:
+            return None
+        return (amount * 100 / capacity).quantize(Decimal("0.1"))
+
+    @property
+    def committed_percent(self) -> Decimal | None:
+        return self._percent(self.committed, self.capacity)
+
+    @property
+    def if_approved_percent(self) -> Decimal | None:
+        return self._percent(self.if_approved, self.capacity)
+
+    @property
+    def over_capacity(self) -> bool:
+        return self.capacity is not None and self.if_approved > self.capacity
+
+
+def _after_approval(request: ChangeRequest) -> tuple[Decimal, dt.date, dt.date, str]:
+    allocation = request.allocation
+    return (
+        allocation.su_budget + (request.su_delta or 0),
+        allocation.start,
+        request.requested_end or allocation.end,
+        request.requested_status or allocation.status,
+    )
+
+
+def commitments_for_requests(
+    *, requests: Iterable[ChangeRequest], today: dt.date
+) -> dict[int, Commitment]:
+    """For each request: its cluster's commitment in the month that matters (this month,
+    or the allocation's first month if it starts later), now and if approved as asked.
+    One query for any number of requests."""
+    requests = list(requests)
+    if not requests:
+        return {}
+    months = {}
+    for request in requests:
+        _, start, _, _ = _after_approval(request)
+        months[request.pk] = month_bounds(max(today, start))
+    firsts = [first for first, _ in months.values()]
+    lasts = [last for _, last in months.values()]
+    active = list(
+        Allocation.objects.filter(
+            cluster_id__in={r.allocation.cluster_id for r in requests},
+            status=Status.ACTIVE,
+            start__lte=max(lasts),
+            end__gte=min(firsts),
+        ).values_list("pk", "cluster_id", "su_budget", "start", "end")
+    )
+    out = {}
+    for request in requests:
+        first, last = months[request.pk]
+        allocation = request.allocation
+        committed = sum(
+            (
+                su_share_in(budget=budget, start=start, end=end, first=first, last=last)
+                for pk, cluster_id, budget, start, end in active
+                if cluster_id == allocation.cluster_id
+            ),
+            Decimal(0),
+        )
+        after = committed
+        if allocation.status == Status.ACTIVE:
+            after -= su_share_in(
+                budget=allocation.su_budget,
+                start=allocation.start,
+                end=allocation.end,
+                first=first,
+                last=last,
+            )
+        budget, start, end, status = _after_approval(request)
+        if status == Status.ACTIVE:
+            after += su_share_in(budget=budget, start=start, end=end, first=first, last=last)
+        out[request.pk] = Commitment(
+            month=first,
+            capacity=allocation.cluster.su_capacity_per_month,
+            committed=committed.quantize(Decimal("0.0001")),
+            if_approved=after.quantize(Decimal("0.0001")),
+        )
+    return out
+
+
+def cluster_commitment_by_month(
+    *, cluster: Cluster, first_month: dt.date, months: int = 12
+) -> list[Commitment]:
+    """The cluster's commitment in each of `months` months from first_month (one query)."""
+    bounds = []
+    day = first_month.replace(day=1)
+    for _ in range(months):
+        bounds.append(month_bounds(day))
+        day = bounds[-1][1] + dt.timedelta(days=1)
+    active = list(
+        Allocation.objects.filter(
+            cluster=cluster,
+            status=Status.ACTIVE,
+            start__lte=bounds[-1][1],
+            end__gte=bounds[0][0],
+        ).values_list("su_budget", "start", "end")
+    )
+    out = []
+    for first, last in bounds:
+        committed = sum(
+            (
+                su_share_in(budget=budget, start=start, end=end, first=first, last=last)
+                for budget, start, end in active
+            ),
+            Decimal(0),
+        ).quantize(Decimal("0.0001"))
+        out.append(
+            Commitment(
+                month=first,
+                capacity=cluster.su_capacity_per_month,
+                committed=committed,
+                if_approved=committed,
+            )
+        )
+    return out
+
+
+def project_request_history(*, project_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """How many of each project's requests ended in each state (one query)."""
+    history: dict[int, dict[str, int]] = defaultdict(dict)
+    rows = (
+        ChangeRequest.objects.filter(allocation__project_id__in=set(project_ids))
+        .exclude(state=ChangeRequest.State.PENDING)
+        .values("allocation__project_id", "state")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    for row in rows:
+        history[row["allocation__project_id"]][row["state"]] = row["n"]
+    return history
+
+
+def project_decided_requests(*, project: Project) -> QuerySet[ChangeRequest]:
+    """A project's earlier requests, newest first, for the review page's history."""
+    return (
+        ChangeRequest.objects.filter(allocation__project=project)
+        .exclude(state=ChangeRequest.State.PENDING)
+        .select_related("allocation__cluster", "requester", "decided_by")
+        .order_by("-created", "-pk")
+    )
+
+
+def allocations_on_cluster(
+    *, cluster: Cluster, status: str = "", search: str = ""
+) -> QuerySet[Allocation]:
+    qs = Allocation.objects.filter(cluster=cluster).select_related("project__pi", "cluster")
+    if status:
+        qs = qs.filter(status=status)
+    if search:
+        qs = qs.filter(
+            Q(name__icontains=search)
+            | Q(project__title__icontains=search)
+            | Q(project__pi__username__icontains=search)
+        )
+    return qs.order_by("name")
+
+
+def rates_on_cluster(*, cluster: Cluster) -> QuerySet[Rate]:
+    return (
+        Rate.objects.filter(resource__cluster=cluster)
+        .select_related("resource", "created_by")
+        .order_by("resource__name", "-start")
+    )

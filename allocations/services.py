@@ -33,6 +33,7 @@ from allocations.models import (
     ChangeRequest,
     ChangeRequestEvent,
     Cluster,
+    ClusterCapacityChange,
     Hold,
     Membership,
     MembershipChange,
@@ -46,6 +47,7 @@ from allocations.models import (
     Usage,
     UsageAdjustment,
 )
+from allocations.notifications import request_event_announce
 from allocations.selectors import user_administers_cluster, user_manages_project
 
 State = ChangeRequest.State
@@ -286,8 +288,10 @@ def allocation_request_create(
     )
     request.full_clean()
     request.save()
-    ChangeRequestEvent.objects.create(
-        request=request, kind=ChangeRequestEvent.Kind.CREATED, actor=actor
+    request_event_announce(
+        ChangeRequestEvent.objects.create(
+            request=request, kind=ChangeRequestEvent.Kind.CREATED, actor=actor
+        )
     )
     _membership_create(allocation=allocation, user=project.pi, actor=actor, reason="PI")
     return request
@@ -381,8 +385,10 @@ def change_request_submit(
     )
     request.full_clean()
     request.save()
-    ChangeRequestEvent.objects.create(
-        request=request, kind=ChangeRequestEvent.Kind.CREATED, actor=actor
+    request_event_announce(
+        ChangeRequestEvent.objects.create(
+            request=request, kind=ChangeRequestEvent.Kind.CREATED, actor=actor
+        )
     )
     return request
 
@@ -412,7 +418,9 @@ def _decide(request: ChangeRequest, *, actor: User, state: str, reason: str, kin
     request.save(
         update_fields=["state", "decided_by", "decided_at", "decision_reason", "su_approved"]
     )
-    ChangeRequestEvent.objects.create(request=request, kind=kind, actor=actor, text=reason)
+    request_event_announce(
+        ChangeRequestEvent.objects.create(request=request, kind=kind, actor=actor, text=reason)
+    )
 
 
 @transaction.atomic
@@ -487,9 +495,11 @@ def change_request_comment(*, actor: User, request: ChangeRequest, text: str) ->
     if not text:
         raise ValidationError({"text": "Write a comment."})
     _require_pending(ChangeRequest.objects.get(pk=request.pk), "commented on")
-    return ChangeRequestEvent.objects.create(
+    event = ChangeRequestEvent.objects.create(
         request=request, kind=ChangeRequestEvent.Kind.COMMENTED, actor=actor, text=text
     )
+    request_event_announce(event)
+    return event
 
 
 # --- memberships ---------------------------------------------------------------------
@@ -1070,3 +1080,67 @@ def sync_report_create(
     report.full_clean()
     report.save()
     return report
+
+
+# --- review: several approvals, cluster capacity ------------------------------------------
+
+
+@transaction.atomic
+def change_requests_approve_several(
+    *, actor: User, requests: Sequence[ChangeRequest]
+) -> list[AllocationChange]:
+    """Approves each request as asked, all or nothing: the first refusal undoes the
+    approvals before it and is raised naming the request it refused."""
+    if not requests:
+        raise ValidationError({"requests": "Choose at least one request."})
+    # The lock order: allocations in ascending id order, so a concurrent decision on
+    # one of these allocations queues instead of deadlocking with this batch.
+    ordered = sorted(requests, key=lambda r: (r.allocation_id, r.pk))
+    changes = []
+    for request in ordered:
+        try:
+            changes.append(change_request_approve(actor=actor, request=request))
+        except (ValidationError, PermissionDenied) as refusal:
+            why = "; ".join(getattr(refusal, "messages", None) or [str(refusal)])
+            raise ValidationError(
+                f"Nothing was approved: the request for {request.allocation.name} on "
+                f"{request.allocation.cluster.name} was refused: {why}",
+                code="approval_refused",
+            ) from refusal
+    return changes
+
+
+@transaction.atomic
+def cluster_set_capacity(
+    *, actor: User | None, cluster: Cluster, su_capacity_per_month, reason: str
+) -> ClusterCapacityChange:
+    """Sets (or with an empty value clears) what the cluster can give out in a month,
+    recording who changed it, from what and why."""
+    if actor is not None:
+        _require_cluster_admin(actor, cluster)
+    value = None
+    if su_capacity_per_month not in (None, ""):
+        value = _su(su_capacity_per_month, "su_capacity_per_month")
+        if value <= 0:
+            raise ValidationError(
+                {
+                    "su_capacity_per_month": "A capacity must be more than 0 SUs; "
+                    "leave it empty for none."
+                }
+            )
+    reason = _require_reason(reason, "change the capacity")
+    # Lock: two admins changing it at once must leave a history whose old values chain.
+    locked = Cluster.objects.select_for_update(no_key=True).get(pk=cluster.pk)
+    if locked.su_capacity_per_month == value:
+        raise ValidationError({"su_capacity_per_month": "The capacity is already this."})
+    change = ClusterCapacityChange.objects.create(
+        cluster=locked,
+        old_su_capacity_per_month=locked.su_capacity_per_month,
+        new_su_capacity_per_month=value,
+        actor=actor,
+        reason=reason,
+    )
+    locked.su_capacity_per_month = value
+    locked.save(update_fields=["su_capacity_per_month"])
+    cluster.su_capacity_per_month = value
+    return change

@@ -56,3 +56,12 @@ def resume_stale_imports_task() -> int:
     from allocations.imports import usage_imports_resume_stale
 
     return usage_imports_resume_stale()
+
+
+# At most once, unlike the tasks above: a redelivered message would e-mail people twice,
+# and a lost notification is the lesser harm (the portal shows every step anyway).
+@shared_task(name="allocations.send_request_emails", acks_late=False)
+def send_request_emails_task(event_id: int) -> int:
+    from allocations.notifications import send_request_emails
+
+    return send_request_emails(event_id=event_id)

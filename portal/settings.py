@@ -81,7 +81,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "allocations:home"
 
 LANGUAGE_CODE = "en-us"
 # Usage times, rate windows and allocation dates are compared across clusters in
@@ -92,6 +93,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "allocations.staticfiles.PlotlyFinder",
+]
 STATIC_ROOT = BASE_DIR / "var" / "static"
 # Uploaded files (usage imports). Never served by URL: they are read by the import
 # worker, which must see the same directory as the web process.

@@ -22,6 +22,7 @@ from allocations.models import (
     Allocation,
     AllocationChange,
     ChangeRequest,
+    ClusterCapacityChange,
     Hold,
     Membership,
     MembershipChange,
@@ -200,6 +201,13 @@ CASES = [
         "succeeded with an error",
         lambda w: SyncReport.objects.create(
             cluster=w.cluster, mode="APPLY", succeeded=True, error="sacctmgr failed"
+        ),
+    ),
+    (
+        "allocations_clustercapacitychange_capacity_positive",
+        "",
+        lambda w: ClusterCapacityChange.objects.create(
+            cluster=w.cluster, new_su_capacity_per_month=Decimal(0), reason="Typo"
         ),
     ),
     (

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from accounts.models import Organization, User
 from accounts.services import organization_create, user_create
-from allocations import services
+from allocations import notifications, services
 from allocations.demo import scenario
 from allocations.demo.plan import Plan, approved_shares, plan_usage
 from allocations.demo.scenario import (
@@ -131,7 +131,7 @@ class Command(BaseCommand):
             f"Trace slice: {len(trace.jobs):,} jobs; {len(plan.charges):,} will be charged, "
             f"{plan.skipped:,} skipped (their user had no usable allocation at the time)."
         )
-        with transaction.atomic():
+        with notifications.muted(), transaction.atomic():
             _Builder(plan, self.stdout.write).build()
         self._summary(time.monotonic() - began)
 
