@@ -1,8 +1,10 @@
 """Settings for the allocation portal. Every deployment-specific value comes from the
 environment (see the table in README.md); defaults give a working local portal on SQLite."""
 
+import os
 from pathlib import Path
 
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from portal.env import database_from_url, envbool, envint, envlist, envsecret
@@ -157,7 +159,25 @@ LOGGING = {
 HOLD_GRACE_HOURS = envint("HOLD_GRACE_HOURS", 24)
 HOLD_DEFAULT_TTL_HOURS = envint("HOLD_DEFAULT_TTL_HOURS", 7 * 24)
 
+# Usage warnings: percentages of an allocation's budget (and of a member's cap) at which
+# its PI (and the member) are e-mailed, once per crossing; an allocation may set its own.
+# End-date warnings: days before an allocation's or a membership's end. A system check
+# refuses values out of range.
+ALERT_THRESHOLDS = os.environ.get("ALERT_THRESHOLDS", "75,90,100")
+ALERT_ENDING_DAYS = os.environ.get("ALERT_ENDING_DAYS", "30,7")
+
+# /metrics answers a Prometheus scraper carrying `Authorization: Bearer <METRICS_TOKEN>`,
+# or a signed-in site admin; with no token set, only the latter.
+METRICS_TOKEN = envsecret("METRICS_TOKEN") or ""
+
 # Periodic work run by `celery -A portal beat`; every task is idempotent.
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-holds": {"task": "allocations.expire_holds", "schedule": 15 * 60},
+    "close-ended": {"task": "allocations.close_ended", "schedule": crontab(minute=5, hour=0)},
+    "send-alerts": {"task": "allocations.send_alerts", "schedule": 30 * 60},
+    # Rollups follow every batch within seconds; this repairs any that a lost task missed.
+    "refresh-rollups": {
+        "task": "allocations.refresh_all_rollups",
+        "schedule": crontab(minute=30, hour=1),
+    },
 }

@@ -104,9 +104,7 @@ class TestRollupsRefresh:
 
 
 class TestRollupsTouched:
-    def test_the_refresh_runs_after_the_commit(
-        self, charged, django_capture_on_commit_callbacks
-    ):
+    def test_the_refresh_runs_after_the_commit(self, charged, django_capture_on_commit_callbacks):
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
             rollups_touched(rollup_keys_for(Usage.objects.filter(job_id__in=["1", "4"])))
 
