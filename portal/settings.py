@@ -1,7 +1,6 @@
 """Settings for the allocation portal. Every deployment-specific value comes from the
 environment (see the table in README.md); defaults give a working local portal on SQLite."""
 
-import os
 from pathlib import Path
 
 from celery.schedules import crontab
@@ -163,8 +162,8 @@ HOLD_DEFAULT_TTL_HOURS = envint("HOLD_DEFAULT_TTL_HOURS", 7 * 24)
 # its PI (and the member) are e-mailed, once per crossing; an allocation may set its own.
 # End-date warnings: days before an allocation's or a membership's end. A system check
 # refuses values out of range.
-ALERT_THRESHOLDS = os.environ.get("ALERT_THRESHOLDS", "75,90,100")
-ALERT_ENDING_DAYS = os.environ.get("ALERT_ENDING_DAYS", "30,7")
+ALERT_THRESHOLDS = envsecret("ALERT_THRESHOLDS") or "75,90,100"
+ALERT_ENDING_DAYS = envsecret("ALERT_ENDING_DAYS") or "30,7"
 
 # /metrics answers a Prometheus scraper carrying `Authorization: Bearer <METRICS_TOKEN>`,
 # or a signed-in site admin; with no token set, only the latter.
