@@ -49,9 +49,17 @@ def rollups_touched(allocation_day_pairs: Iterable[tuple[int, dt.date | dt.datet
     keys = {(int(a), _day(day)) for a, day in allocation_day_pairs}
     if not keys:
         return
-    from allocations.tasks import refresh_rollups_task
+    payload = [[a, day.isoformat()] for a, day in sorted(keys)]
 
-    refresh_rollups_task.delay_on_commit([[a, day.isoformat()] for a, day in sorted(keys)])
+    # Robust: a broker that is down must not turn the writer's committed work into an
+    # error; the refresh is logged as lost and the nightly rebuild repairs those keys.
+    # (A function, not a partial: Django names the callback by __qualname__ in that log.)
+    def enqueue_rollups_refresh() -> None:
+        from allocations.tasks import refresh_rollups_task
+
+        refresh_rollups_task.delay(payload)
+
+    transaction.on_commit(enqueue_rollups_refresh, robust=True)
 
 
 def rollup_keys_for(rows: Iterable[Usage | UsageAdjustment]) -> list[tuple[int, dt.datetime]]:

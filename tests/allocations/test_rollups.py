@@ -104,15 +104,35 @@ class TestRollupsRefresh:
 
 
 class TestRollupsTouched:
-    def test_the_refresh_runs_after_the_commit(self, charged, django_capture_on_commit_callbacks):
+    def test_the_refresh_runs_after_the_commit(
+        self, charged, monkeypatch, django_capture_on_commit_callbacks
+    ):
+        sent = []
+        monkeypatch.setattr(refresh_rollups_task, "delay", sent.append)
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
             rollups_touched(rollup_keys_for(Usage.objects.filter(job_id__in=["1", "4"])))
 
-        assert not UsageDaily.objects.exists()
+        assert sent == []
         (callback,) = callbacks
-        assert callback.args == ([[charged.pk, "2026-03-01"], [charged.pk, "2026-03-02"]],)
         callback()
+        # One task for the touched keys, as JSON.
+        assert sent == [[[charged.pk, "2026-03-01"], [charged.pk, "2026-03-02"]]]
+        monkeypatch.undo()
+        refresh_rollups_task.delay(sent[0])
         assert len(rows(charged)) == 3
+
+    def test_a_broker_that_is_down_does_not_fail_the_writer(
+        self, charged, monkeypatch, caplog, django_capture_on_commit_callbacks
+    ):
+        def down(*args, **kwargs):
+            raise ConnectionError("broker unreachable")
+
+        monkeypatch.setattr(refresh_rollups_task, "delay", down)
+        with django_capture_on_commit_callbacks(execute=True):
+            rollups_touched([(charged.pk, MAR1)])
+
+        assert "broker unreachable" in caplog.text
+        assert not UsageDaily.objects.exists()
 
     def test_nothing_touched_enqueues_nothing(self, db, django_capture_on_commit_callbacks):
         with django_capture_on_commit_callbacks() as callbacks:
