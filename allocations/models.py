@@ -931,8 +931,8 @@ class AlertSent(models.Model):
                 condition=Q(kind__in=["USAGE", "ENDING"]), name="allocations_alertsent_valid_kind"
             ),
             models.CheckConstraint(
-                condition=(Q(kind="USAGE") & Q(basis__isnull=False) & Q(end__isnull=True))
-                | (Q(kind="ENDING") & Q(basis__isnull=True) & Q(end__isnull=False)),
+                condition=(~Q(kind="USAGE") | Q(basis__isnull=False, end__isnull=True))
+                & (~Q(kind="ENDING") | Q(basis__isnull=True, end__isnull=False)),
                 name="allocations_alertsent_fields_match_kind",
             ),
             models.CheckConstraint(
