@@ -102,13 +102,17 @@ class TestCharts:
         ]
 
     def test_the_pi_sees_every_member_and_a_member_sees_themself_and_the_rest(
-        self, charged, alice, bob
+        self, charged, alice, bob, dana
     ):
         assert sorted(names(client_for(alice).get(url(charged, "members")).json())) == [
             "alice",
             "bob",
         ]
         assert names(client_for(bob).get(url(charged, "members")).json()) == ["bob", OTHERS]
+        assert sorted(names(client_for(dana).get(url(charged, "members")).json())) == [
+            "alice",
+            "bob",
+        ]
 
     def test_usage_by_resource(self, charged, bob):
         body = client_for(bob).get(url(charged, "resources")).json()
@@ -225,6 +229,12 @@ class TestAlertThresholds:
         assert response.json()["errors"]["alert_thresholds"][0].startswith(message)
         allocation.refresh_from_db()
         assert allocation.alert_thresholds == ""
+
+    def test_the_clusters_admin_may_set_them_too(self, allocation, dana):
+        response = client_for(dana).put(
+            self.path(allocation), {"alert_thresholds": "95"}, format="json"
+        )
+        assert response.json() == {"alert_thresholds": [95], "site_default": False}
 
     def test_a_member_may_not_change_them(self, allocation, bob):
         response = client_for(bob).put(
