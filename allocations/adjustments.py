@@ -26,6 +26,7 @@ from allocations.models import (
     Usage,
     UsageAdjustment,
 )
+from allocations.rollups import rollup_keys_for, rollups_touched
 from allocations.selectors import user_administers_cluster
 
 RERATE_CHUNK = 2000
@@ -148,6 +149,7 @@ def usage_refund(
             {"job_id": ValidationError(f"Job {job_id} has already been refunded.", code="refunded")}
         ) from None
     add_charges_to_used(adjustments)
+    rollups_touched(rollup_keys_for(rows))
     return adjustments
 
 
@@ -244,6 +246,7 @@ def rerate_usage(*, correction: RateCorrection) -> int:
                     )
             UsageAdjustment.objects.bulk_create(adjustments)
             add_charges_to_used(adjustments)
+            rollups_touched(rollup_keys_for(adjustments))
             written += len(adjustments)
     RateCorrection.objects.filter(pk=correction.pk).update(rerated_at=timezone.now())
     return written

@@ -39,4 +39,21 @@ def check_settings(app_configs, **kwargs):
                 id="portal.W001",
             )
         )
+    problems += _check_alert_settings()
+    return problems
+
+
+def _check_alert_settings() -> list:
+    from django.core.exceptions import ValidationError
+
+    from allocations.alerts import ending_days, site_thresholds
+
+    problems = []
+    for read, name in ((site_thresholds, "ALERT_THRESHOLDS"), (ending_days, "ALERT_ENDING_DAYS")):
+        try:
+            read()
+        except ValidationError as exc:
+            problems.append(
+                Error(f"{name}: {exc.messages[0]}", hint="e.g. 75,90,100", id="portal.E004")
+            )
     return problems

@@ -263,6 +263,9 @@ class Allocation(models.Model):
     su_budget = su_field(default=0)
     su_used = su_field(default=0)
     su_held = su_field(default=0)
+    # Percentages of the budget at which the PI is warned, e.g. "50,80,100"; empty: the
+    # site's ALERT_THRESHOLDS. Set through alerts.allocation_set_alert_thresholds.
+    alert_thresholds = models.CharField(max_length=100, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -1099,3 +1102,139 @@ class ClusterCapacityChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster.name} capacity on {self.created:%Y-%m-%d}"
+
+
+# --- analytics and scheduled work ------------------------------------------------------
+
+
+class UsageDaily(models.Model):
+    """Rollup: an allocation's usage per member, resource and UTC day of charged_at.
+
+    Charts and reports read these rows, never the usage table. su is the net charge of
+    the day's jobs (their su_amount plus every adjustment, so a refunded job leaves its
+    day); raw is their raw unit-seconds as last reported; jobs counts usage records.
+    Derived data: rollups.rollups_refresh rebuilds any (allocation, day) from the records
+    and rollups.rollups_drift says whether they still match.
+    """
+
+    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    resource = models.ForeignKey(Resource, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    su = su_field()
+    raw = models.DecimalField(max_digits=RAW_DIGITS, decimal_places=RAW_PLACES)
+    jobs = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["allocation", "day"]
+        indexes = [
+            # Cluster charts: usage of a cluster's allocations by day.
+            models.Index(fields=["day", "allocation"], name="alloc_usagedaily_day"),
+        ]
+        constraints = [
+            # Leads with (allocation, day): the burn-down and member charts' range scan.
+            models.UniqueConstraint(
+                fields=["allocation", "day", "user", "resource"],
+                name="allocations_usagedaily_one_per_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(su__gte=0), name="allocations_usagedaily_su_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(raw__gte=0), name="allocations_usagedaily_raw_not_negative"
+            ),
+            models.CheckConstraint(condition=Q(jobs__gt=0), name="allocations_usagedaily_has_jobs"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.su} SU on allocation {self.allocation_id}"
+
+
+class AlertSent(models.Model):
+    """Append-only record of a warning e-mail: the unique constraints make it the claim,
+    so a task run twice (or redelivered) finds the row and sends nothing.
+
+    USAGE: usage reached `threshold` percent of `basis` (the allocation's budget, or the
+    member's cap, when it crossed). A supplement that brings usage back under the
+    threshold re-arms it: the next crossing is of another basis.
+    ENDING: `threshold` days or fewer were left before `end`; an extension re-arms it.
+    """
+
+    class Kind(models.TextChoices):
+        USAGE = "USAGE", "Usage threshold"
+        ENDING = "ENDING", "End date near"
+
+    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="+")
+    # Empty: about the allocation as a whole; else about one member.
+    membership = models.ForeignKey(
+        Membership, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    threshold = models.PositiveSmallIntegerField()
+    basis = su_field(null=True, blank=True)
+    end = models.DateField(null=True, blank=True)
+    recipients = models.TextField(blank=True)
+    created = models.DateTimeField()
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["USAGE", "ENDING"]), name="allocations_alertsent_valid_kind"
+            ),
+            models.CheckConstraint(
+                condition=(~Q(kind="USAGE") | Q(basis__isnull=False, end__isnull=True))
+                & (~Q(kind="ENDING") | Q(basis__isnull=True, end__isnull=False)),
+                name="allocations_alertsent_fields_match_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(threshold__gte=1) & (~Q(kind="USAGE") | Q(threshold__lte=100)),
+                name="allocations_alertsent_threshold_in_range",
+            ),
+            # NULLs never clash in a unique index, so each kind gets its own partial one
+            # over the columns it fills.
+            models.UniqueConstraint(
+                fields=["allocation", "threshold", "basis"],
+                condition=Q(kind="USAGE", membership__isnull=True),
+                name="allocations_alertsent_once_per_allocation_crossing",
+            ),
+            models.UniqueConstraint(
+                fields=["membership", "threshold", "basis"],
+                condition=Q(kind="USAGE", membership__isnull=False),
+                name="allocations_alertsent_once_per_member_crossing",
+            ),
+            models.UniqueConstraint(
+                fields=["allocation", "threshold", "end"],
+                condition=Q(kind="ENDING", membership__isnull=True),
+                name="allocations_alertsent_once_per_allocation_end",
+            ),
+            models.UniqueConstraint(
+                fields=["membership", "threshold", "end"],
+                condition=Q(kind="ENDING", membership__isnull=False),
+                name="allocations_alertsent_once_per_member_end",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.threshold} on allocation {self.allocation_id}"
+
+
+class TaskFailure(models.Model):
+    """A background task that raised, recorded by a Celery signal: counters kept in a
+    worker's memory would vanish with the process, and /metrics reads these rows."""
+
+    task = models.CharField(max_length=200)
+    task_id = models.CharField(max_length=255, blank=True)
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(task=""), name="allocations_taskfailure_names_task"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task} failed at {self.created:%Y-%m-%d %H:%M}"

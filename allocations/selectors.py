@@ -21,12 +21,13 @@ from django.db.models import (
     Sum,
     Value,
 )
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import Coalesce, TruncDate, TruncMonth
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
 from allocations.models import (
     Allocation,
+    AllocationChange,
     ChangeRequest,
     ChangeRequestEvent,
     Cluster,
@@ -38,6 +39,7 @@ from allocations.models import (
     TresMapping,
     Usage,
     UsageAdjustment,
+    UsageDaily,
     UsageImport,
     su_field,
 )
@@ -639,3 +641,94 @@ def rates_on_cluster(*, cluster: Cluster) -> QuerySet[Rate]:
         .select_related("resource", "created_by")
         .order_by("resource__name", "-start")
     )
+
+
+# --- analytics: chart data, read from the daily rollups, never from the usage table -----
+
+
+def rollup_usage_by_day(*, allocation: Allocation, start: dt.date, end: dt.date) -> list[tuple]:
+    """(day, SUs) of an allocation; one grouped query on the rollups."""
+    return list(
+        UsageDaily.objects.filter(allocation=allocation, day__gte=start, day__lte=end)
+        .values("day")
+        .annotate(total=Sum("su"))
+        .order_by("day")
+        .values_list("day", "total")
+    )
+
+
+def usage_by_member_day(
+    *, allocation: Allocation, start: dt.date, end: dt.date, viewer: User | None = None
+) -> list[tuple]:
+    """(member, day, SUs). With a viewer who is a plain member, everyone else is one
+    "Other members" series: members see their own usage, not each colleague's."""
+    rows = (
+        UsageDaily.objects.filter(allocation=allocation, day__gte=start, day__lte=end)
+        .values("user__username", "day")
+        .annotate(total=Sum("su"))
+        .order_by("day", "user__username")
+        .values_list("user__username", "day", "total")
+    )
+    if viewer is None:
+        return list(rows)
+    from allocations.charts import OTHERS
+
+    return [(name if name == viewer.username else OTHERS, day, su) for name, day, su in rows]
+
+
+def usage_by_resource_day(*, allocation: Allocation, start: dt.date, end: dt.date) -> list[tuple]:
+    return list(
+        UsageDaily.objects.filter(allocation=allocation, day__gte=start, day__lte=end)
+        .values("resource__name", "day")
+        .annotate(total=Sum("su"))
+        .order_by("day", "resource__name")
+        .values_list("resource__name", "day", "total")
+    )
+
+
+def budget_diffs(*, allocation: Allocation) -> list[tuple]:
+    """(day, budget after each diff), in time order: one query on the diffs."""
+    return [
+        (created.astimezone(dt.UTC).date(), budget)
+        for created, budget in AllocationChange.objects.filter(allocation=allocation)
+        .order_by("created", "id")
+        .values_list("created", "su_budget")
+    ]
+
+
+def cluster_usage_by_project_month(*, cluster: Cluster, start: dt.date, end: dt.date) -> list:
+    """(project, month, SUs) of a cluster's allocations."""
+    return list(
+        UsageDaily.objects.filter(allocation__cluster=cluster, day__gte=start, day__lte=end)
+        .annotate(month=TruncMonth("day"))
+        .values("allocation__project__title", "month")
+        .annotate(total=Sum("su"))
+        .order_by("month", "allocation__project__title")
+        .values_list("allocation__project__title", "month", "total")
+    )
+
+
+def cluster_commitments(*, cluster: Cluster, start: dt.date, end: dt.date) -> list[tuple]:
+    """(start, end, budget) of the cluster's allocations that commit SUs in the range:
+    active ones, and inactive ones that have a budget (frozen, or ended)."""
+    return list(
+        Allocation.objects.filter(cluster=cluster, start__lte=end, end__gte=start)
+        .exclude(status=Status.DELETED)
+        .filter(su_budget__gt=0)
+        .values_list("start", "end", "su_budget")
+    )
+
+
+def decision_times(*, cluster: Cluster, start: dt.date, end: dt.date) -> list[tuple]:
+    """(outcome, days from request to decision) of the cluster's requests decided by an
+    admin in the range (cancellations are the requester's, not a decision)."""
+    rows = ChangeRequest.objects.filter(
+        allocation__cluster=cluster,
+        state__in=[ChangeRequest.State.APPROVED, ChangeRequest.State.REJECTED],
+        decided_at__date__gte=start,
+        decided_at__date__lte=end,
+    ).values_list("state", "created", "decided_at")
+    return [
+        (state.lower(), Decimal((decided - created).total_seconds()) / 86400)
+        for state, created, decided in rows
+    ]

@@ -331,6 +331,24 @@ def allocation_change_apply(
     return change
 
 
+@transaction.atomic
+def allocation_expire(*, allocation_id: int, today: dt.date) -> AllocationChange | None:
+    """Closes an ACTIVE allocation whose end date has passed: a diff of kind EXPIRY,
+    with no actor, makes it INACTIVE. Returns None (and writes nothing) when, under the
+    lock, it is no longer active or no longer past its end: an admin extended it
+    meanwhile, or an earlier run closed it already."""
+    allocation = _lock_allocation(allocation_id)
+    if allocation.status != Status.ACTIVE or allocation.end >= today:
+        return None
+    return _apply_change(
+        allocation=allocation,
+        kind=AllocationChange.Kind.EXPIRY,
+        actor=None,
+        reason=f"Ended on {allocation.end:%Y-%m-%d}",
+        status=Status.INACTIVE,
+    )
+
+
 def allocation_set_status(*, actor: User, allocation: Allocation, status: str, reason: str):
     if status == allocation.status:
         raise ValidationError({"status": f"The allocation is already {status}."})
@@ -631,6 +649,24 @@ def membership_set_status(
         reason=reason,
     )
     return membership
+
+
+@transaction.atomic
+def membership_expire(*, membership_id: int, today: dt.date) -> MembershipChange | None:
+    """Closes an ACTIVE membership whose own end date has passed (INACTIVE, recorded with
+    no actor). None, with nothing written, when the lock shows it is no longer due."""
+    membership = Membership.objects.select_for_update().get(pk=membership_id)
+    if membership.status != Status.ACTIVE or membership.end is None or membership.end >= today:
+        return None
+    membership.status = Status.INACTIVE
+    membership.save(update_fields=["status"])
+    return MembershipChange.objects.create(
+        membership=membership,
+        kind=MembershipChange.Kind.STATUS,
+        status=Status.INACTIVE,
+        actor=None,
+        reason=f"Ended on {membership.end:%Y-%m-%d}",
+    )
 
 
 def membership_remove(*, actor: User, membership: Membership, reason: str = "") -> Membership:

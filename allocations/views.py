@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts.models import User
-from allocations import charts, selectors, services
+from allocations import burn_down, selectors, services
 from allocations.conversion import SU_QUANTUM
 from allocations.models import Allocation, ChangeRequest, Membership, Project, Resource, Status
 from allocations.portal_forms import (
@@ -185,7 +185,7 @@ def allocation_detail(request: HttpRequest, code) -> HttpResponse:
     has_pending = allocation.change_requests.filter(state=ChangeRequest.State.PENDING).exists()
     # A member sees the allocation's balance but only their own usage.
     only = None if access.sees_all else request.user
-    burn = charts.burn_down(
+    burn = burn_down.burn_down(
         start=allocation.start,
         end=allocation.end,
         today=timezone.localdate(),

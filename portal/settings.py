@@ -3,6 +3,7 @@ environment (see the table in README.md); defaults give a working local portal o
 
 from pathlib import Path
 
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from portal.env import database_from_url, envbool, envint, envlist, envsecret
@@ -177,9 +178,26 @@ IMPORT_STALE_SECONDS = envint("IMPORT_STALE_SECONDS", 300)
 # A run hands over to a fresh task after this long (the checkpoint keeps its place).
 IMPORT_TASK_SOFT_TIME_LIMIT = envint("IMPORT_TASK_SOFT_TIME_LIMIT", 3600)
 IMPORT_TASK_TIME_LIMIT = envint("IMPORT_TASK_TIME_LIMIT", 3900)
+# Usage warnings: percentages of an allocation's budget (and of a member's cap) at which
+# its PI (and the member) are e-mailed, once per crossing; an allocation may set its own.
+# End-date warnings: days before an allocation's or a membership's end. A system check
+# refuses values out of range.
+ALERT_THRESHOLDS = envsecret("ALERT_THRESHOLDS") or "75,90,100"
+ALERT_ENDING_DAYS = envsecret("ALERT_ENDING_DAYS") or "30,7"
+
+# /metrics answers a Prometheus scraper carrying `Authorization: Bearer <METRICS_TOKEN>`,
+# or a signed-in site admin; with no token set, only the latter.
+METRICS_TOKEN = envsecret("METRICS_TOKEN") or ""
 
 # Periodic work run by `celery -A portal beat`; every task is idempotent.
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-holds": {"task": "allocations.expire_holds", "schedule": 15 * 60},
     "resume-stale-imports": {"task": "allocations.resume_stale_imports", "schedule": 5 * 60},
+    "close-ended": {"task": "allocations.close_ended", "schedule": crontab(minute=5, hour=0)},
+    "send-alerts": {"task": "allocations.send_alerts", "schedule": 30 * 60},
+    # Rollups follow every batch within seconds; this repairs any that a lost task missed.
+    "refresh-rollups": {
+        "task": "allocations.refresh_all_rollups",
+        "schedule": crontab(minute=30, hour=1),
+    },
 }

@@ -3,11 +3,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from portal.api import router
+from portal.metrics import metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/", include(router.urls)),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # Where Prometheus looks by default: no trailing slash.
+    path("metrics", metrics, name="metrics"),
     path("", include("allocations.urls")),
 ]

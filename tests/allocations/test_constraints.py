@@ -19,6 +19,7 @@ from django.utils import timezone
 from accounts.models import ApiToken, Organization, User
 from allocations import services
 from allocations.models import (
+    AlertSent,
     Allocation,
     AllocationChange,
     ChangeRequest,
@@ -31,9 +32,11 @@ from allocations.models import (
     RateCorrection,
     Resource,
     SyncReport,
+    TaskFailure,
     TresMapping,
     Usage,
     UsageAdjustment,
+    UsageDaily,
     UsageImport,
     UsageImportReject,
 )
@@ -161,6 +164,34 @@ def _hold(w, **values) -> Hold:
         "expires_at": timezone.now(),
     }
     return Hold.objects.create(**(fields | values))
+
+
+def _daily(w, **values) -> UsageDaily:
+    fields = {
+        "allocation": w.allocation,
+        "user": w.bob,
+        "resource": w.gpu,
+        "day": START,
+        "su": Decimal("20"),
+        "raw": Decimal("36000"),
+        "jobs": 1,
+    }
+    return UsageDaily.objects.create(**(fields | values))
+
+
+def _alert(w, **values) -> AlertSent:
+    fields = {
+        "allocation": w.allocation,
+        "kind": "USAGE",
+        "threshold": 75,
+        "basis": Decimal("1000"),
+        "created": timezone.now(),
+    }
+    return AlertSent.objects.create(**(fields | values))
+
+
+def _ending(w, **values) -> AlertSent:
+    return _alert(w, **({"kind": "ENDING", "threshold": 30, "basis": None, "end": END} | values))
 
 
 # (constraint name, case id, the bad write)
@@ -520,6 +551,40 @@ CASES = [
         "",
         lambda w: UsageImportReject.objects.create(usage_import=_import(w), line=1, reason=""),
     ),
+    ("allocations_usagedaily_one_per_key", "", lambda w: (_daily(w), _daily(w, su=1))),
+    ("allocations_usagedaily_su_not_negative", "", lambda w: _daily(w, su=Decimal("-1"))),
+    ("allocations_usagedaily_raw_not_negative", "", lambda w: _daily(w, raw=Decimal("-1"))),
+    ("allocations_usagedaily_has_jobs", "", lambda w: _daily(w, jobs=0)),
+    ("allocations_alertsent_valid_kind", "", lambda w: _alert(w, kind="NAG")),
+    (
+        "allocations_alertsent_fields_match_kind",
+        "usage without a basis",
+        lambda w: _alert(w, basis=None),
+    ),
+    (
+        "allocations_alertsent_fields_match_kind",
+        "ending without an end",
+        lambda w: _ending(w, end=None),
+    ),
+    ("allocations_alertsent_threshold_in_range", "0", lambda w: _alert(w, threshold=0)),
+    ("allocations_alertsent_threshold_in_range", "101%", lambda w: _alert(w, threshold=101)),
+    (
+        "allocations_alertsent_once_per_allocation_crossing",
+        "",
+        lambda w: (_alert(w), _alert(w)),
+    ),
+    (
+        "allocations_alertsent_once_per_member_crossing",
+        "",
+        lambda w: (_alert(w, membership=w.membership), _alert(w, membership=w.membership)),
+    ),
+    ("allocations_alertsent_once_per_allocation_end", "", lambda w: (_ending(w), _ending(w))),
+    (
+        "allocations_alertsent_once_per_member_end",
+        "",
+        lambda w: (_ending(w, membership=w.membership), _ending(w, membership=w.membership)),
+    ),
+    ("allocations_taskfailure_names_task", "", lambda w: TaskFailure.objects.create(task="")),
     (
         "accounts_organization_unique_name",
         "case-insensitive",
@@ -642,3 +707,18 @@ class TestConstraintConditions:
         User.objects.create(username="x1", email="")
         User.objects.create(username="x2", email="")
         assert User.objects.filter(email="").count() == 2
+
+    def test_a_threshold_may_warn_again_at_another_budget(self, w):
+        _alert(w)
+        _alert(w, basis=Decimal("2000"))
+        # ... and once for the allocation and once for a member at the same level.
+        _alert(w, membership=w.membership)
+
+    def test_an_extended_end_may_be_warned_about_again(self, w):
+        _ending(w)
+        _ending(w, end=END + ONE_DAY)
+        _ending(w, threshold=7)
+        _ending(w, membership=w.membership)
+
+    def test_an_ending_alert_may_count_more_than_100_days(self, w):
+        _ending(w, threshold=120)
