@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -25,6 +26,19 @@ NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
 def _fast_password_hashing(settings):
     # The real hasher is slow by design; tests only need passwords to round-trip.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _plain_http(settings):
+    # Tests run with DEBUG off, which turns on the redirect to https://; the test client
+    # speaks plain HTTP. tests/portal/test_security_settings.py checks the redirect.
+    settings.SECURE_SSL_REDIRECT = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    # API throttle counts and lockouts live in the cache, which outlives a test.
+    cache.clear()
 
 
 @pytest.fixture
