@@ -46,6 +46,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
+    "portal.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -210,17 +211,14 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "portal.api_errors.exception_handler",
-    # Per importer token, per signed-in user and per address for the rest; a refusal is
-    # 429 with Retry-After.
+    # Per importer token and per signed-in user; a refusal is 429 with Retry-After.
     "DEFAULT_THROTTLE_CLASSES": [
         "portal.throttles.ImporterTokenThrottle",
         "portal.throttles.SignedInUserThrottle",
-        "portal.throttles.AnonymousThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "importer": envsecret("THROTTLE_IMPORTER") or "600/minute",
         "user": envsecret("THROTTLE_USER") or "300/minute",
-        "anon": envsecret("THROTTLE_ANON") or "60/minute",
     },
     "COERCE_DECIMAL_TO_STRING": True,
 }

@@ -1,6 +1,7 @@
-"""API rate limits: one count per importer token, one per signed-in user, one per
-address for everyone else. Each class answers only for its own kind of caller, so a
-request is counted once."""
+"""API rate limits: one count per importer token and one per signed-in user. Each class
+answers only for its own kind of caller, so a request is counted once. Every endpoint
+needs a caller, and DRF refuses an unauthenticated one before it throttles; sign-in
+attempts are limited by django-axes."""
 
 from rest_framework.throttling import SimpleRateThrottle
 
@@ -24,12 +25,3 @@ class SignedInUserThrottle(SimpleRateThrottle):
         if isinstance(request.auth, ApiToken) or not request.user.is_authenticated:
             return None
         return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
-
-
-class AnonymousThrottle(SimpleRateThrottle):
-    scope = "anon"
-
-    def get_cache_key(self, request, view):
-        if request.user.is_authenticated:
-            return None
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
