@@ -98,7 +98,16 @@ API = {
             "GET",
             lambda w, s: f"/api/v1/allocations/{w.side(s).allocation.code}/balance/",
             _detail,
-        )
+        ),
+        # Another member's balance: the PI's, asked for by name.
+        Call(
+            "GET",
+            lambda w, s: (
+                f"/api/v1/allocations/{w.side(s).allocation.code}/balance/"
+                f"?user={w.side(s).allocation.project.pi.username}"
+            ),
+            {**_detail, MEMBER: split("403", "404")},
+        ),
     ],
     "admission-list": [
         Call(
