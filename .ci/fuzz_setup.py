@@ -35,7 +35,9 @@ everything = public_ids(Allocation.objects.select_related("project", "cluster"))
 everything |= {str(p.code) for p in Project.objects.all()}
 everything |= {str(c.code) for c in Cluster.objects.all()}
 # A token sees its cluster's allocations (and their projects); holds on its cluster.
-token_sees = public_ids(Allocation.objects.filter(cluster=cluster).select_related("project", "cluster"))
+token_sees = public_ids(
+    Allocation.objects.filter(cluster=cluster).select_related("project", "cluster")
+)
 token_sees |= {str(h.code) for h in Hold.objects.filter(cluster=cluster)}
 (out / "forbidden-token.txt").write_text("\n".join(sorted(everything - token_sees)))
 # For the check's own test: ids the token does see, which it must then report.

@@ -14,4 +14,6 @@ def no_foreign_public_ids(ctx, response, case):
     body = response.content.decode("utf-8", errors="replace")
     leaked = sorted(code for code in _FORBIDDEN if code in body)
     if leaked:
-        raise AssertionError(f"the answer shows public ids outside the caller's scope: {leaked[:5]}")
+        raise AssertionError(
+            f"the answer shows public ids outside the caller's scope: {leaked[:5]}"
+        )

@@ -321,6 +321,12 @@ class ClusterAdmin(NoDeleteAdmin):
     autocomplete_fields = ("admins",)
     readonly_fields = ("code",)
 
+    def get_readonly_fields(self, request, obj=None):
+        # Who administers a cluster is a role; only site admins hand roles out.
+        if request.user.is_superuser:
+            return self.readonly_fields
+        return (*self.readonly_fields, "admins")
+
 
 @admin.register(Resource)
 class ResourceAdmin(NoDeleteAdmin):
