@@ -118,7 +118,8 @@ AXES_COOLOFF_TIME = dt.timedelta(minutes=envint("AXES_COOLOFF_MINUTES", 30))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "accounts.views.locked_out"
-AXES_IPWARE_META_PRECEDENCE_ORDER = [CLIENT_IP_HEADER]
+# The same address the audit log records.
+AXES_CLIENT_IP_CALLABLE = "accounts.audit_context.client_ip"
 AXES_VERBOSE = False
 
 # Sign-in through an institution (OpenID Connect: CILogon, Keycloak, ...). Off unless

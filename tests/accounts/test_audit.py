@@ -40,6 +40,25 @@ class TestSignIn:
         ]
         assert [e.actor for e in signed_out] == [staff]
 
+    def test_behind_a_proxy_the_address_comes_from_the_configured_header(
+        self, client, staff, settings
+    ):
+        settings.CLIENT_IP_HEADER = "HTTP_X_REAL_IP"
+        settings.AXES_FAILURE_LIMIT = 2
+        for address in ("198.51.100.1", "198.51.100.2", "198.51.100.1"):
+            client.post(
+                reverse("admin:login"),
+                {"username": "root", "password": "wrong"},
+                HTTP_X_REAL_IP=address,
+            )
+        assert [e.ip for e in events("SIGN_IN_FAILED")] == [
+            "198.51.100.1",
+            "198.51.100.2",
+            "198.51.100.1",
+        ]
+        # Two failures from .1 lock root out there; .2 is still free.
+        assert [(e.actor_label, e.ip) for e in events("LOCKED_OUT")] == [("root", "198.51.100.1")]
+
     def test_the_password_is_never_recorded(self, client, staff):
         sign_in_form(client, "root", "hunter2-secret")
         assert "hunter2" not in str([(e.actor_label, e.details) for e in events()])
