@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -28,10 +29,12 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-@pytest.fixture(autouse=True)
-def _plain_http(settings):
+@pytest.fixture(scope="session", autouse=True)
+def _plain_http():
     # Tests run with DEBUG off, which turns on the redirect to https://; the test client
-    # speaks plain HTTP. tests/portal/test_security_settings.py checks the redirect.
+    # and live_server speak plain HTTP. Session-wide, so live_server's middleware (built
+    # once, when it starts) sees it too; tests/security/test_hardening.py checks the
+    # redirect.
     settings.SECURE_SSL_REDIRECT = False
 
 
