@@ -2,6 +2,7 @@
 have none)."""
 
 import contextlib
+import ipaddress
 from contextvars import ContextVar
 
 from django.conf import settings
@@ -28,4 +29,7 @@ def client_ip(request) -> str | None:
     value = request.META.get(settings.CLIENT_IP_HEADER) or ""
     # X-Forwarded-For style headers list the client first.
     value = value.split(",")[0].strip()
-    return value or None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None  # absent, or junk in a header: no address rather than a failed write

@@ -59,6 +59,16 @@ class TestSignIn:
         # Two failures from .1 lock root out there; .2 is still free.
         assert [(e.actor_label, e.ip) for e in events("LOCKED_OUT")] == [("root", "198.51.100.1")]
 
+    def test_junk_in_the_address_header_is_recorded_as_no_address(self, client, staff, settings):
+        settings.CLIENT_IP_HEADER = "HTTP_X_REAL_IP"
+        sign_in_form(client, "root", "wrong")
+        client.post(
+            reverse("admin:login"),
+            {"username": "root", "password": "wrong"},
+            HTTP_X_REAL_IP="<script>",
+        )
+        assert [e.ip for e in events("SIGN_IN_FAILED")] == [None, None]
+
     def test_the_password_is_never_recorded(self, client, staff):
         sign_in_form(client, "root", "hunter2-secret")
         assert "hunter2" not in str([(e.actor_label, e.details) for e in events()])
