@@ -9,7 +9,7 @@ from django.db import migrations, models
 APPEND_ONLY_SQL = """
 CREATE FUNCTION accounts_auditevent_append_only() RETURNS trigger AS $$
 BEGIN
-    RAISE EXCEPTION 'accounts_auditevent is append-only: % refused', TG_OP;
+    RAISE EXCEPTION USING MESSAGE = 'accounts_auditevent is append-only: ' || TG_OP || ' refused';
 END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER accounts_auditevent_append_only
