@@ -3,7 +3,7 @@ from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import forms as auth_forms
 from django.template.response import TemplateResponse
 
-from accounts.models import ApiToken, Organization, User
+from accounts.models import ApiToken, AuditEvent, Organization, User
 from accounts.tokens import api_token_issue, api_token_revoke
 from allocations.admin import ServiceSaveAdmin, apply_each
 
@@ -59,6 +59,9 @@ class UserAdmin(auth_admin.UserAdmin):
         ),
     )
     readonly_fields = ("code", "last_login", "date_joined")
+    # Roles and permissions are site admins' to give: staff allowed to edit users must
+    # not be able to make themselves (or anyone) superuser.
+    ROLE_FIELDS = ("is_superuser", "is_staff", "groups", "user_permissions")
     list_display = (
         "username",
         "email",
@@ -76,6 +79,12 @@ class UserAdmin(auth_admin.UserAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # usage, diffs and decisions name their user; deactivate instead
 
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        if request.user.is_superuser:
+            return fields
+        return (*fields, *self.ROLE_FIELDS)
+
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(ServiceSaveAdmin):
@@ -91,6 +100,7 @@ class ApiTokenAdmin(ServiceSaveAdmin):
         "last_used_at",
         "revoked_at",
     )
+    cluster_lookup = "cluster"
     list_select_related = ("cluster", "created_by")
     list_filter = ("cluster", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "=prefix", "cluster__name")
@@ -142,3 +152,43 @@ class ApiTokenAdmin(ServiceSaveAdmin):
             lambda token: api_token_revoke(actor=request.user, token=token),
             done="Revoked",
         )
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit log, for site admins only: read, filtered and searched, never edited
+    (the model and, on PostgreSQL, a trigger refuse changes too)."""
+
+    list_display = ("when", "actor_label", "action", "target_type", "target_label", "ip")
+    list_filter = ("action", "target_type", ("when", admin.DateFieldListFilter))
+    search_fields = ("actor_label", "target_label", "=target_code", "=ip")
+    date_hierarchy = "when"
+    fields = (
+        "when",
+        "action",
+        "actor",
+        "actor_label",
+        "target_type",
+        "target_code",
+        "target_label",
+        "ip",
+        "details",
+    )
+    readonly_fields = fields
+    list_select_related = ("actor",)
+    actions = None
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

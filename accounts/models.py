@@ -41,6 +41,9 @@ class User(AbstractUser):
         Organization, on_delete=models.PROTECT, null=True, blank=True, related_name="users"
     )
     originated_id = models.CharField(max_length=100, blank=True)
+    # The OpenID Connect subject (issuer-unique, never reassigned): how a returning
+    # institutional sign-in finds its account, whatever its e-mail has become since.
+    oidc_sub = models.CharField("OIDC subject", max_length=255, blank=True, editable=False)
 
     objects = UserManager()
 
@@ -54,6 +57,11 @@ class User(AbstractUser):
                 condition=~models.Q(email=""),
                 name="accounts_user_unique_email",
                 violation_error_message="A user with this e-mail address already exists.",
+            ),
+            models.UniqueConstraint(
+                fields=["oidc_sub"],
+                condition=~models.Q(oidc_sub=""),
+                name="accounts_user_unique_oidc_sub",
             ),
         ]
 
@@ -94,3 +102,81 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """Append-only: rows are created by audit_record and never changed or removed."""
+
+    def update(self, **kwargs):
+        raise TypeError("Audit events are append-only; they cannot be updated.")
+
+    def delete(self):
+        raise TypeError("Audit events are append-only; they cannot be deleted.")
+
+
+class AuditAction(models.TextChoices):
+    SIGN_IN = "SIGN_IN", "signed in"
+    SIGN_IN_FAILED = "SIGN_IN_FAILED", "failed to sign in"
+    SIGN_OUT = "SIGN_OUT", "signed out"
+    LOCKED_OUT = "LOCKED_OUT", "was locked out"
+    TOKEN_ISSUED = "TOKEN_ISSUED", "issued a token"
+    TOKEN_REVOKED = "TOKEN_REVOKED", "revoked a token"
+    ROLE_GRANTED = "ROLE_GRANTED", "granted a role"
+    ROLE_REVOKED = "ROLE_REVOKED", "revoked a role"
+    STATUS_CHANGED = "STATUS_CHANGED", "changed a status"
+    REQUEST_APPROVED = "REQUEST_APPROVED", "approved a request"
+    REQUEST_REJECTED = "REQUEST_REJECTED", "rejected a request"
+
+
+class AuditEvent(models.Model):
+    """One security-relevant act: who, what, on which object, when and from where.
+
+    Written only by accounts.services.audit_record; on PostgreSQL a trigger also refuses
+    UPDATE and DELETE (migration 0003), so not even raw SQL rewrites the history."""
+
+    Action = AuditAction
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    when = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        User, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    # Who acted as written at the time: a username, an importer token, or the name a
+    # failed sign-in tried (which may belong to nobody).
+    actor_label = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=20, choices=Action.choices)
+    target_type = models.CharField(max_length=50, blank=True)
+    target_code = models.UUIDField(null=True, blank=True, db_index=True)
+    target_label = models.CharField(max_length=200, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-when", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(action__in=AuditAction.values),
+                name="accounts_auditevent_valid_action",
+            ),
+            # A target is named by its type and public id together, or not at all.
+            models.CheckConstraint(
+                condition=models.Q(target_code__isnull=True) | ~models.Q(target_type=""),
+                name="accounts_auditevent_target_has_type",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        who = self.actor_label or "someone"
+        what = self.get_action_display()
+        target = f" {self.target_type} {self.target_label}".rstrip() if self.target_type else ""
+        return f"{who} {what}{target}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise TypeError("Audit events are append-only; they cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("Audit events are append-only; they cannot be deleted.")

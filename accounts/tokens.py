@@ -14,7 +14,8 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import ApiToken, User
+from accounts.models import ApiToken, AuditEvent, User
+from accounts.services import audit_record
 
 TOKEN_PREFIX = "sup_"  # noqa: S105 (a marker, not a secret)
 # Recording every use would turn each read into a write; a minute is precise enough.
@@ -48,6 +49,12 @@ def api_token_issue(*, actor: User, cluster, name: str) -> IssuedToken:
     )
     token.full_clean()
     token.save()
+    audit_record(
+        action=AuditEvent.Action.TOKEN_ISSUED,
+        actor=actor,
+        target=token,
+        details={"cluster": cluster.name, "prefix": prefix, "name": token.name},
+    )
     return IssuedToken(token=token, secret=secret)
 
 
@@ -57,10 +64,17 @@ def api_token_revoke(*, actor: User, token: ApiToken) -> ApiToken:
 
     if not user_administers_cluster(user=actor, cluster=token.cluster):
         raise PermissionDenied(f"Only admins of {token.cluster.name} may revoke its tokens.")
-    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+    revoked = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
         revoked_at=timezone.now(), revoked_by=actor
     )
     token.refresh_from_db()
+    if revoked:
+        audit_record(
+            action=AuditEvent.Action.TOKEN_REVOKED,
+            actor=actor,
+            target=token,
+            details={"cluster": token.cluster.name, "prefix": token.prefix},
+        )
     return token
 
 

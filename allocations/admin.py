@@ -66,10 +66,25 @@ from allocations.selectors import (
 
 class NoDeleteAdmin(admin.ModelAdmin):
     """Nothing is ever deleted: statuses go to DELETED and history stays. Without the
-    delete permission the admin also drops the "delete selected" action."""
+    delete permission the admin also drops the "delete selected" action.
+
+    `cluster_lookup` is the path from the model to its cluster ("" for Cluster itself):
+    staff who are not site admins see only rows of clusters they administer, in lists,
+    change pages and autocompletes alike, whatever model permissions they hold."""
+
+    cluster_lookup: str | None = None
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        if self.cluster_lookup is None or request.user.is_superuser:
+            return qs
+        admins = f"{self.cluster_lookup}__admins" if self.cluster_lookup else "admins"
+        # A subquery, not a join: a project with several allocations is listed once.
+        mine = self.model.objects.filter(**{admins: request.user}).values("pk")
+        return qs.filter(pk__in=mine)
 
 
 class ReadOnlyAdmin(NoDeleteAdmin):
@@ -222,6 +237,7 @@ def _changelist_link(model, text: str, **filters) -> str:
 
 @admin.register(Project)
 class ProjectAdmin(ServiceSaveAdmin):
+    cluster_lookup = "allocations__cluster"
     form = ProjectForm
     list_display = ("title", "pi", "origination", "originated_id", "status", "created")
     list_select_related = ("pi",)
@@ -294,6 +310,7 @@ class ProjectAdmin(ServiceSaveAdmin):
 
 @admin.register(ProjectChange)
 class ProjectChangeAdmin(ReadOnlyAdmin):
+    cluster_lookup = "project__allocations__cluster"
     list_display = ("project", "kind", "status", "subject", "actor", "reason", "created")
     list_select_related = ("project", "subject", "actor")
     list_filter = ("kind", "status")
@@ -307,6 +324,7 @@ class ProjectChangeAdmin(ReadOnlyAdmin):
 
 @admin.register(Cluster)
 class ClusterAdmin(NoDeleteAdmin):
+    cluster_lookup = ""
     list_display = (
         "name",
         "title",
@@ -411,9 +429,16 @@ class SyncReportAdmin(ReadOnlyAdmin):
             return "none"
         return format_html("<pre>{}</pre>", "\n".join(report.applied))
 
+    def get_readonly_fields(self, request, obj=None):
+        # Who administers a cluster is a role; only site admins hand roles out.
+        if request.user.is_superuser:
+            return self.readonly_fields
+        return (*self.readonly_fields, "admins")
+
 
 @admin.register(Resource)
 class ResourceAdmin(NoDeleteAdmin):
+    cluster_lookup = "cluster"
     list_display = ("name", "cluster", "kind", "unit", "amount")
     list_select_related = ("cluster",)
     list_filter = ("kind", "cluster")
@@ -424,6 +449,7 @@ class ResourceAdmin(NoDeleteAdmin):
 
 @admin.register(TresMapping)
 class TresMappingAdmin(NoDeleteAdmin):
+    cluster_lookup = "cluster"
     list_display = ("cluster", "partition", "tres", "resource", "scale")
     list_select_related = ("cluster", "resource")
     list_filter = ("cluster",)
@@ -433,6 +459,7 @@ class TresMappingAdmin(NoDeleteAdmin):
 
 @admin.register(Rate)
 class RateAdmin(ServiceSaveAdmin):
+    cluster_lookup = "resource__cluster"
     form = RateChangeForm
     add_form = ServiceModelForm
     list_display = ("resource", "su_per_unit_hour", "reading", "start", "end", "created_by")
@@ -503,6 +530,7 @@ class RateAdmin(ServiceSaveAdmin):
 
 @admin.register(RateCorrection)
 class RateCorrectionAdmin(ReadOnlyAdmin):
+    cluster_lookup = "rate__resource__cluster"
     list_display = (
         "rate",
         "old_su_per_unit_hour",
@@ -523,6 +551,7 @@ class RateCorrectionAdmin(ReadOnlyAdmin):
 
 @admin.register(Allocation)
 class AllocationAdmin(ServiceSaveAdmin):
+    cluster_lookup = "cluster"
     form = AllocationChangeForm
     add_form = AllocationAddForm
     list_display = (
@@ -628,6 +657,7 @@ class ChangeRequestAdmin(NoDeleteAdmin):
     """Requests are created by PIs through services; here they are decided, by the list
     actions or the Decide page, never edited."""
 
+    cluster_lookup = "allocation__cluster"
     list_display = (
         "allocation",
         "cluster",
@@ -769,6 +799,7 @@ class ChangeRequestAdmin(NoDeleteAdmin):
 
 @admin.register(ChangeRequestEvent)
 class ChangeRequestEventAdmin(ReadOnlyAdmin):
+    cluster_lookup = "request__allocation__cluster"
     list_display = ("request", "kind", "actor", "text", "created")
     list_select_related = ("request__allocation", "actor")
     list_filter = ("kind",)
@@ -779,6 +810,7 @@ class ChangeRequestEventAdmin(ReadOnlyAdmin):
 
 @admin.register(AllocationChange)
 class AllocationChangeAdmin(ReadOnlyAdmin):
+    cluster_lookup = "allocation__cluster"
     list_display = (
         "allocation",
         "kind",
@@ -802,6 +834,7 @@ class AllocationChangeAdmin(ReadOnlyAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(ServiceSaveAdmin):
+    cluster_lookup = "allocation__cluster"
     form = MembershipChangeForm
     add_form = MembershipAddForm
     list_display = ("user", "allocation", "status", "su_cap", "su_used", "su_held", "start", "end")
@@ -871,6 +904,7 @@ class MembershipAdmin(ServiceSaveAdmin):
 
 @admin.register(MembershipChange)
 class MembershipChangeAdmin(ReadOnlyAdmin):
+    cluster_lookup = "membership__allocation__cluster"
     list_display = ("membership", "kind", "su_cap", "status", "actor", "reason", "created")
     list_select_related = ("membership__user", "membership__allocation", "actor")
     list_filter = ("kind", "status")
@@ -884,6 +918,7 @@ class MembershipChangeAdmin(ReadOnlyAdmin):
 
 @admin.register(Usage)
 class UsageAdmin(ReadOnlyAdmin):
+    cluster_lookup = "allocation__cluster"
     list_display = (
         "job_id",
         "user",
@@ -908,6 +943,7 @@ class UsageAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageAdjustment)
 class UsageAdjustmentAdmin(ReadOnlyAdmin):
+    cluster_lookup = "allocation__cluster"
     list_display = ("usage", "allocation", "user", "kind", "su_delta", "actor", "created")
     list_select_related = ("usage", "allocation__cluster", "user", "actor")
     list_filter = ("kind",)
@@ -918,6 +954,7 @@ class UsageAdjustmentAdmin(ReadOnlyAdmin):
 
 @admin.register(Hold)
 class HoldAdmin(ReadOnlyAdmin):
+    cluster_lookup = "cluster"
     list_display = (
         "job_id",
         "user",

@@ -10,6 +10,18 @@ from allocations.models import Allocation, Hold, SyncReport, UsageImport
 from allocations.selectors import usage_import_progress
 
 
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know: a misspelt optional field must not be ignored
+    silently (an estimate_sus would otherwise pass as no estimate at all)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(str(key) for key in data if key not in self.fields)
+            if unknown:
+                raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
+        return super().to_internal_value(data)
+
+
 class SUField(serializers.CharField):
     """An SU amount as a decimal string (or integer); the service parses it, so floats,
     NaN and Infinity get the same clear refusal everywhere."""
@@ -60,7 +72,7 @@ class AllocationOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class EstimateSerializer(serializers.Serializer):
+class EstimateSerializer(StrictSerializer):
     cluster = serializers.CharField(max_length=64)
     user = serializers.CharField(max_length=150)
     allocation = serializers.CharField(max_length=64, help_text="The Slurm account name.")
@@ -108,7 +120,7 @@ class HoldOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class RefundInputSerializer(serializers.Serializer):
+class RefundInputSerializer(StrictSerializer):
     cluster = serializers.CharField(max_length=64)
     job_id = serializers.CharField(max_length=64)
     user = serializers.CharField(max_length=150, required=False, allow_blank=True)
@@ -124,7 +136,7 @@ class AdjustmentOutputSerializer(serializers.Serializer):
     reason = serializers.CharField()
 
 
-class UsageBatchInputSerializer(serializers.Serializer):
+class UsageBatchInputSerializer(StrictSerializer):
     cluster = serializers.CharField(max_length=64)
     # Records are checked by ingest.usage_ingest in bulk (a per-record serializer is
     # too slow for 10,000 records); here only the envelope's shape.

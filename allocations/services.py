@@ -22,6 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
+from accounts.services import audit_decision, audit_status
 from allocations.adjustments import ChargeState, add_charges_to_used, charge_states
 from allocations.admission import close_holds
 from allocations.conversion import SU_LIMIT, parse_decimal, parse_rate, parse_su, su_for
@@ -137,6 +138,7 @@ def project_set_status(*, actor: User, project: Project, status: str, reason: st
     ProjectChange.objects.create(
         project=project, kind=ProjectChange.Kind.STATUS, status=status, actor=actor, reason=reason
     )
+    audit_status(actor=actor, target=project, status=status, reason=reason)
     return project
 
 
@@ -327,6 +329,7 @@ def allocation_change_apply(
         status=status,
         end=end,
     )
+    audit_status(actor=actor, target=locked, status=status, reason=reason)
     allocation.refresh_from_db()
     return change
 
@@ -473,6 +476,7 @@ def change_request_approve(
         change_request=request,
     )
     _decide(request, actor=actor, state=State.APPROVED, reason=reason, kind="APPROVED")
+    audit_decision(actor=actor, request=request)
     return change
 
 
@@ -483,6 +487,7 @@ def change_request_reject(*, actor: User, request: ChangeRequest, reason: str) -
     _, request = _lock_request(request)
     _require_pending(request, "rejected")
     _decide(request, actor=actor, state=State.REJECTED, reason=reason, kind="REJECTED")
+    audit_decision(actor=actor, request=request)
     return request
 
 
@@ -648,6 +653,7 @@ def membership_set_status(
         actor=actor,
         reason=reason,
     )
+    audit_status(actor=actor, target=membership, status=status, reason=reason)
     return membership
 
 

@@ -1,9 +1,11 @@
 """Settings for the allocation portal. Every deployment-specific value comes from the
 environment (see the table in README.md); defaults give a working local portal on SQLite."""
 
+import datetime as dt
 from pathlib import Path
 
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from portal.env import database_from_url, envbool, envint, envlist, envsecret
@@ -36,18 +38,26 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "axes",
+    "csp",
     "accounts",
     "allocations",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "portal.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After authentication: audit records made anywhere in a request name its user and IP.
+    "accounts.middleware.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout raised by its backend into the page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -63,6 +73,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "accounts.context_processors.sign_in",
             ],
         },
     },
@@ -84,6 +95,74 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "allocations:home"
+LOGOUT_REDIRECT_URL = "/"
+
+# django-axes first: it refuses a locked-out username and address before any password
+# (or identity provider) is consulted.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Which request header holds the client's address. Behind a reverse proxy set it to the
+# header the proxy writes (e.g. HTTP_X_REAL_IP); trusting a client-set header otherwise
+# would let anyone pick the address lockouts and the audit log see.
+CLIENT_IP_HEADER = envsecret("CLIENT_IP_HEADER") or "REMOTE_ADDR"
+
+# Login throttling (django-axes): after AXES_FAILURE_LIMIT failed sign-ins for one
+# username from one address, both are refused for AXES_COOLOFF_MINUTES.
+AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=envint("AXES_COOLOFF_MINUTES", 30))
+# Username and address together: a campus behind one NAT address is not locked out by
+# one person's typos, and one username cannot be guessed at from many places unnoticed
+# (each failure is in the audit log).
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.views.locked_out"
+# The same address the audit log records.
+AXES_CLIENT_IP_CALLABLE = "accounts.audit_context.client_ip"
+AXES_VERBOSE = False
+
+# Sign-in through an institution (OpenID Connect: CILogon, Keycloak, ...). Off unless
+# OIDC_ENABLED is set; local accounts keep working either way. See README "Security".
+OIDC_ENABLED = envbool("OIDC_ENABLED", False)
+OIDC_PROVIDER_NAME = envsecret("OIDC_PROVIDER_NAME") or "your institution"
+OIDC_RP_CLIENT_ID = envsecret("OIDC_RP_CLIENT_ID") or ""
+OIDC_RP_CLIENT_SECRET = envsecret("OIDC_RP_CLIENT_SECRET") or ""
+OIDC_OP_AUTHORIZATION_ENDPOINT = envsecret("OIDC_OP_AUTHORIZATION_ENDPOINT") or ""
+OIDC_OP_TOKEN_ENDPOINT = envsecret("OIDC_OP_TOKEN_ENDPOINT") or ""
+OIDC_OP_USER_ENDPOINT = envsecret("OIDC_OP_USER_ENDPOINT") or ""
+OIDC_OP_JWKS_ENDPOINT = envsecret("OIDC_OP_JWKS_ENDPOINT") or ""
+# When set, the ID token must name this issuer (e.g. https://cilogon.org).
+OIDC_OP_ISSUER = envsecret("OIDC_OP_ISSUER") or ""
+OIDC_RP_SIGN_ALGO = envsecret("OIDC_RP_SIGN_ALGO") or "RS256"
+OIDC_RP_SCOPES = envsecret("OIDC_RP_SCOPES") or "openid email profile"
+OIDC_USERNAME_CLAIM = envsecret("OIDC_USERNAME_CLAIM") or "preferred_username"
+# CILogon names the home institution in idp_name (and its entity id in idp); a Keycloak
+# realm sends whatever claim its mapper is set up to write.
+OIDC_ORGANIZATION_CLAIM = envsecret("OIDC_ORGANIZATION_CLAIM") or "idp_name"
+OIDC_ORGANIZATION_ID_CLAIM = envsecret("OIDC_ORGANIZATION_ID_CLAIM") or "idp"
+OIDC_CREATE_USER = envbool("OIDC_CREATE_USER", True)
+# A first sign-in may claim an account an admin created beforehand with the same
+# e-mail address, unless the provider says that address is unverified.
+OIDC_LINK_BY_EMAIL = envbool("OIDC_LINK_BY_EMAIL", True)
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_authentication_callback"
+if OIDC_ENABLED:
+    missing = [
+        name
+        for name in (
+            "OIDC_RP_CLIENT_ID",
+            "OIDC_RP_CLIENT_SECRET",
+            "OIDC_OP_AUTHORIZATION_ENDPOINT",
+            "OIDC_OP_TOKEN_ENDPOINT",
+            "OIDC_OP_USER_ENDPOINT",
+            "OIDC_OP_JWKS_ENDPOINT",
+        )
+        if not globals()[name]
+    ]
+    if missing:
+        raise ImproperlyConfigured(f"OIDC_ENABLED needs {', '.join(missing)}")
+    AUTHENTICATION_BACKENDS.append("accounts.oidc.PortalOIDCBackend")
 
 LANGUAGE_CODE = "en-us"
 # Usage times, rate windows and allocation dates are compared across clusters in
@@ -142,16 +221,79 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "portal.api_errors.exception_handler",
+    # Per importer token and per signed-in user; a refusal is 429 with Retry-After.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "portal.throttles.ImporterTokenThrottle",
+        "portal.throttles.SignedInUserThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "importer": envsecret("THROTTLE_IMPORTER") or "600/minute",
+        "user": envsecret("THROTTLE_USER") or "300/minute",
+    },
     "COERCE_DECIMAL_TO_STRING": True,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "SU allocation portal API",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema shows no data, but it is the map of the API: signed-in callers only.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
+# Throttle counts live in the cache: with several server processes, point CACHE_URL at
+# Redis so they share one count.
+CACHE_URL = envsecret("CACHE_URL") or ""
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        if CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
+# A usage batch of 10,000 records is about 3 MB of JSON; twice that leaves room for long
+# names. Larger bodies are refused with 413 before they are parsed.
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", 8 * 1024 * 1024)
+
+# HTTPS: secure cookies, HSTS and the redirect to https:// whenever DEBUG is off. Behind
+# a proxy that ends TLS, set SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https (and
+# make sure the proxy overwrites that header).
 SESSION_COOKIE_SECURE = not DEBUG and envbool("SECURE_COOKIES", True)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", not DEBUG)
+_proxy_header = envlist("SECURE_PROXY_SSL_HEADER", [])
+if _proxy_header:
+    if len(_proxy_header) != 2:
+        raise ImproperlyConfigured(
+            "SECURE_PROXY_SSL_HEADER must be 'HEADER,value', e.g. HTTP_X_FORWARDED_PROTO,https"
+        )
+    SECURE_PROXY_SSL_HEADER = tuple(_proxy_header)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy: scripts and styles from this site only, never inline. A page
+# that truly needs an inline script writes <script nonce="{{ request.csp_nonce }}">;
+# the nonce enters the header only on pages that use it.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 
 LOGGING = {
     "version": 1,

@@ -6,6 +6,8 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
+from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -25,6 +27,21 @@ NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC)
 def _fast_password_hashing(settings):
     # The real hasher is slow by design; tests only need passwords to round-trip.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plain_http():
+    # Tests run with DEBUG off, which turns on the redirect to https://; the test client
+    # and live_server speak plain HTTP. Session-wide, so live_server's middleware (built
+    # once, when it starts) sees it too; tests/security/test_hardening.py checks the
+    # redirect.
+    settings.SECURE_SSL_REDIRECT = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    # API throttle counts and lockouts live in the cache, which outlives a test.
+    cache.clear()
 
 
 @pytest.fixture

@@ -367,16 +367,35 @@ class TestChangeRequestActions:
     def test_it_refuses_a_staff_member_who_does_not_administer_the_cluster(
         self, client, pending_request
     ):
-        # is_staff only opens the admin site; deciding needs the cluster's admin role.
+        # is_staff only opens the admin site; deciding needs the cluster's admin role, and
+        # without it the cluster's requests are not even listed.
         client.force_login(_staff_with_perms())
         with unchanged():
-            response = act(client, "approve", [pending_request])
+            listed = client.get(url(ChangeRequest, "changelist"))
+            act(client, "approve", [pending_request])
             page = client.post(
                 url(ChangeRequest, "decide", pending_request.pk),
                 {"decision": "approve", "reason": ""},
             )
-        assert messages_of(response) == [f"{pending_request}: Only admins of gpu1 may do this."]
-        assert page.context["form"].non_field_errors() == ["Only admins of gpu1 may do this."]
+        assert listed.context["cl"].result_count == 0
+        assert (page.status_code, page["Location"]) == (302, reverse("admin:index"))
+
+    def test_a_cluster_admin_is_refused_when_the_service_refuses(
+        self, client, dana, pending_request
+    ):
+        # Listed, but the service still decides: here a request already decided.
+        dana.is_staff = True
+        dana.save()
+        dana.user_permissions.set(_staff_with_perms().user_permissions.all())
+        services.change_request_reject(actor=dana, request=pending_request, reason="No")
+        pending_request.refresh_from_db()
+        client.force_login(dana)
+        with unchanged():
+            response = act(client, "approve", [pending_request])
+        assert messages_of(response) == [
+            f"{pending_request}: This request is already rejected; only a pending request "
+            "can be approved."
+        ]
 
 
 def _staff_with_perms() -> User:

@@ -215,10 +215,15 @@ class TestAdmissionApi:
         assert response.status_code == 400
         assert "JSON parse error" in response.json()["detail"]
 
-    def test_unknown_fields_are_ignored(self, allocation, importer):
+    def test_unknown_fields_are_refused_by_name(self, allocation, importer):
+        # A misspelt optional field (estimate_sus) must not pass as "no estimate".
         response = ask(importer, partition="gpu", qos="high")
 
-        assert (response.status_code, response.json()["allowed"]) == (200, True)
+        assert response.status_code == 400
+        assert response.json()["errors"] == {
+            "partition": ["Unknown field."],
+            "qos": ["Unknown field."],
+        }
 
     def test_a_token_of_another_cluster_is_403(self, allocation, org):
         erin = make_user("erin", org)

@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import CheckConstraint, F
 from django.utils import timezone
 
-from accounts.models import ApiToken, Organization, User
+from accounts.models import ApiToken, AuditEvent, Organization, User
 from allocations import services
 from allocations.models import (
     AlertSent,
@@ -603,6 +603,24 @@ CASES = [
         "case-insensitive",
         lambda w: User.objects.create(username="alice2", email=w.alice.email.upper()),
     ),
+    (
+        "accounts_user_unique_oidc_sub",
+        "",
+        lambda w: (
+            User.objects.create(username="o1", email="o1@example.edu", oidc_sub="sub-1"),
+            User.objects.create(username="o2", email="o2@example.edu", oidc_sub="sub-1"),
+        ),
+    ),
+    (
+        "accounts_auditevent_valid_action",
+        "",
+        lambda w: AuditEvent.objects.create(action="SHRUGGED", actor=w.alice),
+    ),
+    (
+        "accounts_auditevent_target_has_type",
+        "a public id without its type",
+        lambda w: AuditEvent.objects.create(action="SIGN_IN", target_code=w.alice.code),
+    ),
 ]
 
 
@@ -702,6 +720,9 @@ class TestConstraintConditions:
                 allocation=w.allocation, kind="IMPORT", su_budget=w.allocation.su_budget
             )
         assert w.allocation.changes.filter(change_request=None).count() == 3
+
+    def test_users_without_an_oidc_subject_may_repeat(self, w):
+        assert User.objects.filter(oidc_sub="").count() == User.objects.count() >= 2
 
     def test_users_without_an_email_may_repeat(self, w):
         User.objects.create(username="x1", email="")
