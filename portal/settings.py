@@ -95,7 +95,6 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "allocations:home"
-LOGOUT_REDIRECT_URL = "/"
 
 # django-axes first: it refuses a locked-out username and address before any password
 # (or identity provider) is consulted.
@@ -284,7 +283,15 @@ CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
         "script-src": [SELF, NONCE],
-        "style-src": [SELF, NONCE],
+        # plotly.js adds two <style> elements of fixed content (one empty, filled through the
+        # CSSOM): their hashes admit exactly those, not inline styles in general. A plotly
+        # upgrade that changes them fails tests/browser/test_charts_in_pages.py.
+        "style-src": [
+            SELF,
+            NONCE,
+            "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",
+            "'sha256-ji27qzEtxXZW+7dun6UwjHXJ18e6WAin1VvNtkzIE/o='",
+        ],
         "img-src": [SELF, "data:"],
         "font-src": [SELF],
         "connect-src": [SELF],

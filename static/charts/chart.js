@@ -30,6 +30,10 @@
       return;
     }
     box.dataset.chartDrawn = "1";
+    // Set through the CSSOM: the Content-Security-Policy refuses style attributes.
+    if (box.dataset.minHeight) {
+      box.style.minHeight = box.dataset.minHeight + "px";
+    }
     var status = box.querySelector(".chart-status");
     var plot = box.querySelector(".chart-plot");
     var figure = fetch(box.dataset.chartUrl, {
