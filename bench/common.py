@@ -98,6 +98,9 @@ def portal_env(database_url: str, **extra: str) -> dict[str, str]:
         DATABASE_URL=database_url,
         DJANGO_SETTINGS_MODULE="portal.settings",
         LOG_LEVEL="WARNING",
+        # Connections live through a whole run, so the CPU their backends spend is
+        # still there to be counted at its end (production reconnects every 60 s).
+        DATABASE_CONN_MAX_AGE="3600",
     )
     env.update(extra)
     return env
@@ -108,9 +111,51 @@ class Server:
     host: str
     port: int
     log: Path
+    pid: int  # of gunicorn's master, which leads the process group of its workers
 
     def connection(self, timeout: float = 600) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by gunicorn and its workers."""
+        return sum(cpu_seconds(pid) for pid in process_group(self.pid))
+
+
+def _stat(pid: int) -> list[str]:
+    # The fields after the command name, which may itself hold spaces and parentheses.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a live process (0 if it is gone)."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_group(pgid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(_stat(int(entry))[2]) == pgid:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def backend_cpu_seconds(conn, database: str) -> float:
+    """CPU time used so far by the PostgreSQL backends serving `database`, except the
+    one behind `conn` (a psycopg connection to the same server on this machine)."""
+    pids = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        [database],
+    ).fetchall()
+    return sum(cpu_seconds(pid) for (pid,) in pids)
 
 
 @contextmanager
@@ -149,7 +194,7 @@ def gunicorn(database_url: str, *, workers: int = 2, threads: int = 2) -> Iterat
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         _wait_until_up("127.0.0.1", port, process, log)
-        yield Server("127.0.0.1", port, log)
+        yield Server("127.0.0.1", port, log, process.pid)
     finally:
         signal.signal(signal.SIGTERM, previous)
         _stop(process)

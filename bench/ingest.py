@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -38,6 +39,8 @@ from bench.common import (
     DEFAULT_SERVER,
     REPO,
     BenchError,
+    backend_cpu_seconds,
+    cpu_seconds,
     database_name,
     gunicorn,
     machine,
@@ -197,45 +200,70 @@ def usage_batches(path: Path, cluster) -> tuple[list[bytes], int, int]:
     return bodies, len(records), unusable
 
 
-def post_all(server, token: str, bodies: list[bytes]) -> tuple[float, Counter, int]:
-    """Posts the bodies one after another on one keep-alive connection. Returns the
-    seconds taken, the summed answers and how many connections were opened."""
+@dataclass
+class Posted:
+    seconds: float
+    answers: Counter
+    connections: int
+    portal_cpu: float  # seconds of CPU: gunicorn and its workers
+    database_cpu: float  # the PostgreSQL backends that served them
+
+
+def post_all(server, token: str, bodies: list[bytes], database_url: str) -> Posted:
+    """Posts the bodies one after another on one keep-alive connection, timed, with the
+    CPU time the portal and its database spent on them."""
+    import psycopg
+
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     totals: Counter = Counter()
     charged = Decimal(0)
     connections = 0
-    conn = server.connection()
-    began = time.perf_counter()
-    try:
-        for number, body in enumerate(bodies):
-            if conn.sock is None:
-                connections += 1
-            conn.request("POST", "/api/v1/usage/", body=body, headers=headers)
-            response = conn.getresponse()
-            answer = response.read()
-            if response.status != 200:
-                excerpt = answer[:2000].decode(errors="replace")
-                raise BenchError(f"batch {number}: HTTP {response.status}: {excerpt}")
-            result = json.loads(answer)
-            for key in ("created", "duplicates", "corrected"):
-                totals[key] += result[key]
-            charged += Decimal(result["su_charged"])
-    finally:
-        conn.close()
-    seconds = time.perf_counter() - began
+    name = database_name(database_url)
+    with psycopg.connect(psycopg_url(database_url), autocommit=True) as monitor:
+        portal_before = server.cpu_seconds()
+        database_before = backend_cpu_seconds(monitor, name)
+        conn = server.connection()
+        began = time.perf_counter()
+        try:
+            for number, body in enumerate(bodies):
+                if conn.sock is None:
+                    connections += 1
+                conn.request("POST", "/api/v1/usage/", body=body, headers=headers)
+                response = conn.getresponse()
+                answer = response.read()
+                if response.status != 200:
+                    excerpt = answer[:2000].decode(errors="replace")
+                    raise BenchError(f"batch {number}: HTTP {response.status}: {excerpt}")
+                result = json.loads(answer)
+                for key in ("created", "duplicates", "corrected"):
+                    totals[key] += result[key]
+                charged += Decimal(result["su_charged"])
+        finally:
+            conn.close()
+        seconds = time.perf_counter() - began
+        portal_cpu = server.cpu_seconds() - portal_before
+        database_cpu = backend_cpu_seconds(monitor, name) - database_before
     totals["su_charged"] = charged
-    return seconds, totals, connections
+    return Posted(seconds, totals, connections, portal_cpu, database_cpu)
 
 
-def copy_reference(url: str, *, repeats: int = COPY_REPEATS) -> tuple[float, int]:
+@dataclass
+class Copied:
+    seconds: float  # the fastest run
+    rows: int
+    client_cpu: float  # of that run: this process, formatting the rows
+    database_cpu: float  # and its backend
+
+
+def copy_reference(url: str, *, repeats: int = COPY_REPEATS) -> Copied:
     """COPYs the usage rows the ingest wrote, as Python values, into a bare table with
     the same columns (logged like the usage table, no index, no constraint), binary as
-    the portal stages them, one transaction per BATCH rows as the API commits. Returns
-    the fastest of `repeats` runs (seconds) and the number of rows."""
+    the portal stages them, one transaction per BATCH rows as the API commits. The
+    fastest of `repeats` runs counts."""
     import psycopg
 
     columns = ", ".join(USAGE_COLUMNS)
-    timings = []
+    runs = []
     with psycopg.connect(psycopg_url(url)) as conn:
         rows = conn.execute(f"SELECT {columns} FROM allocations_usage ORDER BY id").fetchall()  # noqa: S608
         types = [
@@ -247,6 +275,7 @@ def copy_reference(url: str, *, repeats: int = COPY_REPEATS) -> tuple[float, int
                 [list(USAGE_COLUMNS), list(USAGE_COLUMNS)],
             )
         ]
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         conn.execute("DROP TABLE IF EXISTS bench_copy_usage")
         conn.execute("CREATE TABLE bench_copy_usage (LIKE allocations_usage)")
         conn.execute("ALTER TABLE bench_copy_usage DROP COLUMN id")
@@ -254,7 +283,7 @@ def copy_reference(url: str, *, repeats: int = COPY_REPEATS) -> tuple[float, int
         for _ in range(repeats):
             conn.execute("TRUNCATE bench_copy_usage")
             conn.commit()
-            began = time.perf_counter()
+            began, client, server = time.perf_counter(), time.process_time(), cpu_seconds(backend)
             for i in range(0, len(rows), BATCH):
                 with (
                     conn.transaction(),
@@ -266,11 +295,18 @@ def copy_reference(url: str, *, repeats: int = COPY_REPEATS) -> tuple[float, int
                     copy.set_types(types)
                     for values in itertools.islice(rows, i, i + BATCH):
                         copy.write_row(values)
-            timings.append(time.perf_counter() - began)
+            runs.append(
+                Copied(
+                    time.perf_counter() - began,
+                    len(rows),
+                    time.process_time() - client,
+                    cpu_seconds(backend) - server,
+                )
+            )
         copied = conn.execute("SELECT count(*) FROM bench_copy_usage").fetchone()[0]
     if copied != len(rows):
         raise BenchError(f"COPY wrote {copied} rows of {len(rows)}")
-    return min(timings), len(rows)
+    return min(runs, key=lambda run: run.seconds)
 
 
 def import_file(url: str, path: Path, *, unusable: int):
@@ -326,27 +362,48 @@ def run(
     log(f"{records:,} usage records in {len(bodies)} batches ({unusable} job lines unusable)")
 
     with gunicorn(database_url) as server:
-        seconds, first, connections = post_all(server, site["token"], bodies)
-        log(f"posted in {seconds:.1f} s: {dict(first)}")
-        replay_seconds, replay, replay_connections = post_all(server, site["token"], bodies)
-        log(f"replayed in {replay_seconds:.1f} s: {dict(replay)}")
-    if first["created"] != records or first["duplicates"] or first["corrected"]:
-        raise BenchError(f"the first posting should create {records} records: {dict(first)}")
-    if (replay["duplicates"], replay["created"], replay["corrected"]) != (records, 0, 0):
-        raise BenchError(f"the replay must be all duplicates: {dict(replay)}")
-    if replay["su_charged"] != 0:
-        raise BenchError(f"the replay charged {replay['su_charged']} SU")
+        first = post_all(server, site["token"], bodies, database_url)
+        log(f"posted in {first.seconds:.1f} s: {dict(first.answers)}")
+        replay = post_all(server, site["token"], bodies, database_url)
+        log(f"replayed in {replay.seconds:.1f} s: {dict(replay.answers)}")
+    created = first.answers
+    if created["created"] != records or created["duplicates"] or created["corrected"]:
+        raise BenchError(f"the first posting should create {records} records: {dict(created)}")
+    again = replay.answers
+    if (again["duplicates"], again["created"], again["corrected"]) != (records, 0, 0):
+        raise BenchError(f"the replay must be all duplicates: {dict(again)}")
+    if again["su_charged"] != 0:
+        raise BenchError(f"the replay charged {again['su_charged']} SU")
 
-    copy_seconds, copied = copy_reference(database_url)
-    log(f"COPY of {copied:,} rows in {copy_seconds:.2f} s")
+    copied = copy_reference(database_url)
+    log(f"COPY of {copied.rows:,} rows in {copied.seconds:.2f} s")
 
-    rate = records / seconds
-    copy_rate = copied / copy_seconds
-    replay_rate = records / replay_seconds
+    rate = records / first.seconds
+    copy_rate = copied.rows / copied.seconds
+    replay_rate = records / replay.seconds
+    # Records per CPU-second, wherever the CPU was spent: steadier than wall-clock rates
+    # on a machine others share, and the work each path really costs.
+    cpu_rate = records / (first.portal_cpu + first.database_cpu)
+    replay_cpu_rate = records / (replay.portal_cpu + replay.database_cpu)
+    copy_cpu_rate = copied.rows / (copied.client_cpu + copied.database_cpu)
     rows = [
         row("HTTP ingest, new jobs", rate, "records/s", copy_rate, "raw COPY"),
         row("HTTP replay, all duplicates", replay_rate, "records/s", rate, "HTTP ingest"),
         row("raw binary COPY into a bare logged table (best of 3)", copy_rate, "records/s"),
+        row(
+            "HTTP ingest per CPU-second (portal + PostgreSQL)",
+            cpu_rate,
+            "records",
+            copy_cpu_rate,
+            "raw COPY (client + PostgreSQL)",
+        ),
+        row(
+            "HTTP replay per CPU-second (portal + PostgreSQL)",
+            replay_cpu_rate,
+            "records",
+            cpu_rate,
+            "HTTP ingest",
+        ),
     ]
     figures = {
         "benchmark": "ingest",
@@ -358,16 +415,23 @@ def run(
         "batches": len(bodies),
         "batch_size": BATCH,
         "site": {k: v for k, v in site.items() if k not in ("cluster", "token")},
-        "ingest_seconds": seconds,
+        "su_charged": str(created["su_charged"]),
+        "ingest_seconds": first.seconds,
         "ingest_records_per_s": rate,
-        "ingest_connections": connections,
-        "su_charged": str(first["su_charged"]),
-        "replay_seconds": replay_seconds,
+        "ingest_connections": first.connections,
+        "ingest_portal_cpu_s": first.portal_cpu,
+        "ingest_database_cpu_s": first.database_cpu,
+        "replay_seconds": replay.seconds,
         "replay_records_per_s": replay_rate,
-        "replay_connections": replay_connections,
-        "copy_seconds": copy_seconds,
+        "replay_connections": replay.connections,
+        "replay_portal_cpu_s": replay.portal_cpu,
+        "replay_database_cpu_s": replay.database_cpu,
+        "copy_seconds": copied.seconds,
         "copy_records_per_s": copy_rate,
+        "copy_client_cpu_s": copied.client_cpu,
+        "copy_database_cpu_s": copied.database_cpu,
         "ratio_to_copy": rate / copy_rate,
+        "cpu_ratio_to_copy": cpu_rate / copy_cpu_rate,
     }
 
     if memory:
