@@ -130,8 +130,8 @@ class PostgresStore:
         A plain INSERT: the keys already charged were found under the cluster's lock,
         which every writer of usage takes, so none can appear meanwhile; if one did, the
         unique constraint would fail the batch rather than skip a record. (ON CONFLICT
-        DO NOTHING would skip it silently, and its speculative insertion costs a third
-        more per row on this table.)"""
+        DO NOTHING would skip it silently, and its speculative insertion made the INSERT
+        cost about half as much again per row on this table, measured on 10,000 rows.)"""
         repeated, others = known
         skip = [*repeated, *others]
         if len(skip) == self.staged:
