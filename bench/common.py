@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -195,6 +196,7 @@ def gunicorn(database_url: str, *, workers: int = 2, threads: int = 2) -> Iterat
     try:
         _wait_until_up("127.0.0.1", port, process, log)
         yield Server("127.0.0.1", port, log, process.pid)
+        shutil.rmtree(logdir, ignore_errors=True)  # kept when something went wrong
     finally:
         signal.signal(signal.SIGTERM, previous)
         _stop(process)

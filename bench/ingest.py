@@ -352,7 +352,15 @@ def run(
     recreate_database(database_url)
     use_database(database_url)
     migrate()
-    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as work:
+        figures = _measure(
+            Path(work), jobs=jobs, database_url=database_url, trace=trace, memory=memory, log=log
+        )
+    figures["total_seconds"] = time.perf_counter() - began
+    return figures
+
+
+def _measure(work: Path, *, jobs, database_url, trace, memory, log) -> dict:
     one = work / "trace.swf"
     job_lines = write_trace(Path(trace), one, jobs=jobs)
     log(f"database {database_name(database_url)}; {job_lines:,} job lines of {Path(trace).name}")
@@ -468,7 +476,6 @@ def run(
         raise BenchError("the ledger drifted:\n" + "\n".join(map(str, drift[:20])))
     figures["ledger_drift"] = 0
     figures["rows"] = rows
-    figures["total_seconds"] = time.perf_counter() - began
     return figures
 
 
