@@ -149,9 +149,12 @@ class _Parsed:
 def _names(records: list[Mapping], field: str) -> set[str]:
     try:
         values = {r.get(field) for r in records}
-    except TypeError:  # a list or an object where a name belongs: reported per record
-        values = {r.get(field) for r in records if isinstance(r.get(field), str | int)}
-    return {str(v).strip() for v in values if isinstance(v, str | int)}
+    except TypeError:  # a list or an object where a name belongs
+        values = None
+    if values is None or any(type(v) is not str for v in values if v is not None):
+        # Each value made text first: in one set 1, 1.0 and True would be one value.
+        return {str(r.get(field)).strip() for r in records if isinstance(r.get(field), str | int)}
+    return {v.strip() for v in values if v is not None}
 
 
 def usage_ingest(*, cluster: Cluster, records: Sequence[Mapping]) -> UsageBatchResult:

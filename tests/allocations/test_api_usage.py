@@ -4,11 +4,14 @@ from decimal import Decimal
 import pytest
 from rest_framework.test import APIClient
 
+from accounts.models import User
 from accounts.tokens import api_token_issue, api_token_revoke
+from allocations import services
 from allocations.ingest import MAX_BATCH
 from allocations.ledger import ledger_drift
 from allocations.models import Allocation, Cluster, Usage, UsageAdjustment
 from tests.allocations.dbstate import unchanged
+from tests.conftest import make_user
 
 URL = "/api/v1/usage/"
 
@@ -269,3 +272,18 @@ class TestUsualRecords:
         assert response.status_code == 400
         assert [(e["index"], e["field"]) for e in response.json()["errors"]] == [(1, field)]
         assert response.json()["errors"][0]["message"].startswith(message)
+
+
+def test_a_numeric_name_is_resolved_whatever_else_the_batch_holds(importer, allocation, org):
+    make_user("1", org)
+    services.membership_add(
+        actor=allocation.project.pi, allocation=allocation, user=User.objects.get(username="1")
+    )
+
+    response = post(importer, usual("1", user=True), usual("2", user=1))
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"index": 0, "field": "user", "message": "user is required"}
+    ]
+    assert post(importer, usual("2", user=1)).json()["created"] == 1
