@@ -8,6 +8,7 @@ half-way cases from drifting the total up.
 """
 
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from functools import cache
 
 SU_DIGITS, SU_PLACES = 20, 4
 RATE_DIGITS, RATE_PLACES = 20, 6
@@ -41,11 +42,20 @@ def parse_decimal(
     if not amount.is_finite():
         raise ValidationError({field: "The amount must be a finite number."})
     # copy_abs, not abs(): abs() rounds to the default context and overflows on "1e999999".
-    if amount.copy_abs() >= Decimal(10) ** (digits - places):
+    if amount.copy_abs() >= _limit(digits, places):
         raise ValidationError({field: "The amount is too large."})
-    if amount != amount.quantize(Decimal(1).scaleb(-places), context=_CONTEXT):
+    # Most amounts are written with no more places than allowed; only the others
+    # ("1.5000" is fine, "1.5001" is not) need the comparison with their quantized value.
+    if amount.as_tuple().exponent < -places and amount != amount.quantize(
+        Decimal(1).scaleb(-places), context=_CONTEXT
+    ):
         raise ValidationError({field: f"Give at most {places} decimal places."})
     return amount + 0  # normalises -0 to 0
+
+
+@cache
+def _limit(digits: int, places: int) -> Decimal:
+    return Decimal(10) ** (digits - places)
 
 
 def parse_su(value, *, field: str = "amount") -> Decimal:

@@ -136,11 +136,33 @@ class AdjustmentOutputSerializer(serializers.Serializer):
     reason = serializers.CharField()
 
 
+class UsageRecordsField(serializers.ListField):
+    """A non-empty list of objects. Records are checked by ingest.usage_ingest in bulk:
+    a field per value (DictField's children) would cost more than charging them."""
+
+    def __init__(self, **kwargs):
+        super().__init__(child=serializers.DictField(), allow_empty=False, **kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str | dict) or not isinstance(data, list):
+            self.fail("not_a_list", input_type=type(data).__name__)
+        if not data:
+            self.fail("empty")
+        message = self.child.error_messages["not_a_dict"]
+        errors = {
+            index: [message.format(input_type=type(item).__name__)]
+            for index, item in enumerate(data)
+            if not isinstance(item, dict)
+        }
+        if errors:
+            raise serializers.ValidationError(errors)
+        return data
+
+
 class UsageBatchInputSerializer(StrictSerializer):
     cluster = serializers.CharField(max_length=64)
-    # Records are checked by ingest.usage_ingest in bulk (a per-record serializer is
-    # too slow for 10,000 records); here only the envelope's shape.
-    records = serializers.ListField(child=serializers.DictField(), allow_empty=False)
+    # Here only the envelope's shape; see UsageRecordsField.
+    records = UsageRecordsField()
 
 
 class UsageBatchOutputSerializer(serializers.Serializer):

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, User
 from accounts.services import audit_decision, audit_status
-from allocations.adjustments import ChargeState, add_charges_to_used, charge_states
+from allocations.adjustments import add_to_used
 from allocations.admission import close_holds
 from allocations.conversion import SU_LIMIT, parse_decimal, parse_rate, parse_su, su_for
 from allocations.models import (
@@ -49,7 +49,9 @@ from allocations.models import (
     UsageAdjustment,
 )
 from allocations.notifications import request_event_announce
+from allocations.rollups import rollup_keys_for, rollups_touched
 from allocations.selectors import user_administers_cluster, user_manages_project
+from allocations.usage_store import store_for
 
 State = ChangeRequest.State
 
@@ -844,18 +846,6 @@ class UsageBatchResult:
     corrected: int = 0
 
 
-def _charged_jobs(cluster: Cluster, job_ids: set[str]) -> dict[tuple, ChargeState]:
-    """The jobs of this batch already charged, by usage key, with their charge state."""
-    usage = Usage.objects.filter(cluster=cluster, job_id__in=job_ids)
-    states = charge_states(usage)
-    return {
-        (cluster.pk, job_id, resource_id, user_id): states[pk]
-        for pk, job_id, resource_id, user_id in usage.values_list(
-            "pk", "job_id", "resource_id", "user_id"
-        )
-    }
-
-
 class BatchRejected(ValidationError):
     """A batch with at least one bad record: nothing was written. `errors` lists
     {"index", "field", "message"} for every bad record."""
@@ -867,12 +857,44 @@ class BatchRejected(ValidationError):
         )
 
 
-def _is_naive(when: dt.datetime | None) -> bool:
+@dataclass(frozen=True)
+class BatchNames:
+    """The users, allocations and resources a batch names, by id: what its error
+    messages say, and which cluster each allocation and resource is on."""
+
+    users: dict[int, str]  # id -> username
+    allocations: dict[int, Allocation]
+    resources: dict[int, Resource]
+
+
+# One record of a batch, by ids: (index, job_id, user_id, allocation_id, resource_id,
+# raw_unit_seconds, charged_at, started_at, ended_at).
+UsageRow = tuple
+
+
+def _naive(when: dt.datetime | None) -> bool:
     return when is not None and timezone.is_naive(when)
 
 
-def _usage_key(cluster_id: int, rec: UsageInput) -> tuple:
-    return (cluster_id, rec.job_id, rec.resource.pk, rec.user.pk)
+def _input_fault(raw, charged_at, started_at, ended_at) -> tuple[Decimal | None, tuple | None]:
+    """The raw amount parsed, or what is wrong with the record's amount and times."""
+    try:
+        raw = parse_decimal(raw, field="raw_unit_seconds", places=RAW_PLACES, digits=RAW_DIGITS)
+    except ValidationError as exc:
+        return None, ("raw_unit_seconds", exc.messages[0])
+    if raw < 0:
+        return None, ("raw_unit_seconds", "the raw amount cannot be negative")
+    if timezone.is_naive(charged_at):
+        return None, ("charged_at", "the charge time needs a time zone")
+    # A naive job time would be read in the server's zone and cannot be compared
+    # with an aware one.
+    if _naive(started_at):
+        return None, ("started_at", "the job's start and end times need a time zone")
+    if _naive(ended_at):
+        return None, ("ended_at", "the job's start and end times need a time zone")
+    if started_at and ended_at and ended_at < started_at:
+        return None, ("ended_at", "the job ends before it starts")
+    return raw, None
 
 
 @transaction.atomic
@@ -880,104 +902,121 @@ def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> Us
     """Charges a batch of usage, all or nothing. Jobs already charged (same cluster,
     job, resource and user, same amount) are counted as duplicates and not charged again;
     a job reported again with another amount is corrected by an adjustment."""
+    names = BatchNames(
+        users={rec.user.pk: rec.user.username for rec in records},
+        allocations={rec.allocation.pk: rec.allocation for rec in records},
+        resources={rec.resource.pk: rec.resource for rec in records},
+    )
+    rows = [
+        (
+            index,
+            rec.job_id,
+            rec.user.pk,
+            rec.allocation.pk,
+            rec.resource.pk,
+            rec.raw_unit_seconds,
+            rec.charged_at,
+            rec.started_at,
+            rec.ended_at,
+        )
+        for index, rec in enumerate(records)
+    ]
+    return usage_record_rows(cluster=cluster, rows=rows, names=names, checked=False)
+
+
+@transaction.atomic
+def usage_record_rows(
+    *, cluster: Cluster, rows: Sequence[UsageRow], names: BatchNames, checked: bool
+) -> UsageBatchResult:
+    """usage_record_batch for records given by ids (UsageRow). With checked=True the
+    caller (ingest.usage_ingest) has already made sure that each raw amount is an exact
+    non-negative Decimal, that the times are aware with the end not before the start,
+    and that no usage key appears twice; those checks are then not repeated."""
     errors: list[dict] = []
-    rates = RateBook(rec.resource.pk for rec in records)
-    alloc_ids = {rec.allocation.pk for rec in records}
-    memberships = {
-        (alloc_id, user_id): pk
-        for pk, alloc_id, user_id in Membership.objects.filter(
-            allocation_id__in=alloc_ids, user_id__in={rec.user.pk for rec in records}
-        ).values_list("pk", "allocation_id", "user_id")
+    rates = RateBook(names.resources)
+    members = set(
+        Membership.objects.filter(
+            allocation_id__in=names.allocations, user_id__in=names.users
+        ).values_list("allocation_id", "user_id")
+    )
+    includes = set(
+        Allocation.resources.through.objects.filter(
+            allocation_id__in=names.allocations
+        ).values_list("allocation_id", "resource_id")
+    )
+    foreign_allocations = {pk for pk, a in names.allocations.items() if a.cluster_id != cluster.pk}
+    foreign_resources = {pk for pk, r in names.resources.items() if r.cluster_id != cluster.pk}
+    # (allocation, resource) pairs that pass the first three checks below.
+    usable = {
+        (a, r) for a, r in includes if a not in foreign_allocations and r not in foreign_resources
     }
-    resources_of = defaultdict(set)
-    for alloc_id, res_id in Allocation.resources.through.objects.filter(
-        allocation_id__in=alloc_ids
-    ).values_list("allocation_id", "resource_id"):
-        resources_of[alloc_id].add(res_id)
+
+    def name_fault(alloc_id: int, res_id: int, user_id: int) -> tuple | None:
+        allocation, resource = names.allocations[alloc_id].name, names.resources[res_id].name
+        if alloc_id in foreign_allocations:
+            return ("allocation", f"allocation {allocation} is not on {cluster.name}")
+        if res_id in foreign_resources:
+            return ("resource", f"resource {resource} is not on {cluster.name}")
+        if (alloc_id, res_id) not in includes:
+            return ("resource", f"allocation {allocation} does not include {resource}")
+        if (alloc_id, user_id) not in members:
+            return ("user", f"{names.users[user_id]} is not a member of {allocation}")
+        return None
 
     seen: set[tuple] = set()
-    charges: list[tuple[int, UsageInput, Decimal, Rate, Decimal]] = []
-    for index, rec in enumerate(records):
-
-        def bad(field: str, message: str, index=index) -> None:
-            errors.append({"index": index, "field": field, "message": message})
-
-        key = _usage_key(cluster.pk, rec)
-        if key in seen:
-            bad(
-                "job_id",
-                f"job {rec.job_id} appears twice in this batch for the same user and resource",
-            )
+    rates_used: dict[int, Rate] = {}
+    charges: list[tuple] = []
+    for index, job_id, user_id, alloc_id, res_id, raw, charged_at, started, ended in rows:
+        fault = None
+        if not checked:
+            key = (job_id, res_id, user_id)
+            if key in seen:
+                fault = (
+                    "job_id",
+                    f"job {job_id} appears twice in this batch for the same user and resource",
+                )
+            seen.add(key)
+            fault = fault or name_fault(alloc_id, res_id, user_id)
+            if fault is None:
+                raw, fault = _input_fault(raw, charged_at, started, ended)
+        elif (alloc_id, res_id) not in usable or (alloc_id, user_id) not in members:
+            fault = name_fault(alloc_id, res_id, user_id)
+        if fault is None:
+            rate = rates.rate_at(res_id, charged_at)
+            if rate is None:
+                fault = (
+                    "charged_at",
+                    f"no rate for {names.resources[res_id].name} on {cluster.name} at "
+                    f"{charged_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC",
+                )
+            else:
+                su = su_for(raw, rate.su_per_unit_hour)
+                # Caught here, the record is reported with its index; caught by the
+                # database, it would be a bare DataError on PostgreSQL and silently
+                # rounded on SQLite.
+                if su >= SU_LIMIT:
+                    fault = ("raw_unit_seconds", f"the charge of {su} SUs is too large to be real")
+        if fault is not None:
+            errors.append({"index": index, "field": fault[0], "message": fault[1]})
             continue
-        seen.add(key)
-        if rec.allocation.cluster_id != cluster.pk:
-            bad("allocation", f"allocation {rec.allocation.name} is not on {cluster.name}")
-            continue
-        if rec.resource.cluster_id != cluster.pk:
-            bad("resource", f"resource {rec.resource.name} is not on {cluster.name}")
-            continue
-        if rec.resource.pk not in resources_of[rec.allocation.pk]:
-            bad(
-                "resource", f"allocation {rec.allocation.name} does not include {rec.resource.name}"
-            )
-            continue
-        if (rec.allocation.pk, rec.user.pk) not in memberships:
-            bad("user", f"{rec.user.username} is not a member of {rec.allocation.name}")
-            continue
-        try:
-            raw = parse_decimal(
-                rec.raw_unit_seconds, field="raw_unit_seconds", places=RAW_PLACES, digits=RAW_DIGITS
-            )
-        except ValidationError as exc:
-            bad("raw_unit_seconds", exc.messages[0])
-            continue
-        if raw < 0:
-            bad("raw_unit_seconds", "the raw amount cannot be negative")
-            continue
-        if timezone.is_naive(rec.charged_at):
-            bad("charged_at", "the charge time needs a time zone")
-            continue
-        # A naive job time would be read in the server's zone and cannot be compared
-        # with an aware one.
-        naive = [f for f in ("started_at", "ended_at") if _is_naive(getattr(rec, f))]
-        if naive:
-            bad(naive[0], "the job's start and end times need a time zone")
-            continue
-        if rec.started_at and rec.ended_at and rec.ended_at < rec.started_at:
-            bad("ended_at", "the job ends before it starts")
-            continue
-        rate = rates.rate_at(rec.resource.pk, rec.charged_at)
-        if rate is None:
-            bad(
-                "charged_at",
-                f"no rate for {rec.resource.name} on {cluster.name} at "
-                f"{rec.charged_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC",
-            )
-            continue
-        su = su_for(raw, rate.su_per_unit_hour)
-        # Caught here, the record is reported with its index; caught by the database, it
-        # would be a bare DataError on PostgreSQL and silently rounded on SQLite.
-        if su >= SU_LIMIT:
-            bad("raw_unit_seconds", f"the charge of {su} SUs is too large to be real")
-            continue
-        charges.append((index, rec, raw, rate, su))
+        rates_used[rate.id] = rate
+        charges.append(
+            (index, job_id, user_id, alloc_id, res_id, raw, rate.id, su, charged_at, started, ended)
+        )
     # Bad records are not raised yet: conflicting duplicates, found below, must be
     # reported with them, so one rejection lists every bad record.
 
+    # A rejected batch's stage goes with the rollback of this function's transaction.
+    store = store_for(cluster)
+    store.stage(charges)
     # A job's usage settles its open hold, which may sit on the same allocation or not.
-    open_holds = list(
-        Hold.objects.filter(
-            cluster=cluster,
-            state=Hold.State.OPEN,
-            job_id__in={rec.job_id for _, rec, _, _, _ in charges},
-        )
-    )
+    open_holds = store.open_holds()
     # Locks, in the module's order. The cluster first: the usage key does not name the
     # allocation, so two batches charging the same job to different allocations would
     # never meet on an allocation lock and the second would hit the unique constraint.
     # A cluster's importer posts one batch at a time anyway, so this costs nothing real.
-    # no_key: batches still queue on it, but inserts that reference the cluster (a hold,
-    # whose transaction may hold an allocation lock this batch waits for) do not.
+    # no_key: batches still queue on it, but inserts that reference the cluster (a
+    # hold, whose transaction may hold an allocation lock this batch waits for) do not.
     Cluster.objects.select_for_update(no_key=True).get(pk=cluster.pk)
     # Then the rates charged at: a concurrent rate_correct either waits for this batch
     # (and its re-rating then sees these rows) or committed first (and the values read
@@ -985,65 +1024,40 @@ def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> Us
     locked_rates = {
         r.pk: r
         for r in Rate.objects.select_for_update(no_key=True)
-        .filter(pk__in={rate.pk for _, _, _, rate, _ in charges})
+        .filter(pk__in=rates_used)
         .order_by("pk")
     }
     # Then every allocation the batch charges or settles a hold on, in id order: a
     # concurrent batch with the same jobs waits here, then sees them as duplicates.
-    lock_ids = alloc_ids | {h.allocation_id for h in open_holds}
+    lock_ids = set(names.allocations) | {h.allocation_id for h in open_holds}
     list(Allocation.objects.select_for_update().filter(pk__in=lock_ids).order_by("pk"))
-    charges = [
-        (
-            index,
-            rec,
-            raw,
-            locked_rates[rate.pk],
-            su_for(raw, locked_rates[rate.pk].su_per_unit_hour),
-        )
-        for index, rec, raw, rate, _ in charges
-    ]
-    for index, rec, _, rate, _ in charges:
-        if rate.end is not None and rec.charged_at >= rate.end:
-            errors.append(
-                {
-                    "index": index,
-                    "field": "charged_at",
-                    "message": f"the rate window for {rec.resource.name} was closed meanwhile",
-                }
-            )
+    changed = {
+        pk
+        for pk, rate in locked_rates.items()
+        if (rate.su_per_unit_hour, rate.end)
+        != (rates_used[pk].su_per_unit_hour, rates_used[pk].end)
+    }
+    if changed:
+        charges = _recharged(charges, changed, locked_rates, names, errors)
+        store.stage(charges)
 
-    existing = _charged_jobs(cluster, {rec.job_id for _, rec, _, _, _ in charges})
-    new_rows: list[Usage] = []
+    known = store.known()
+    repeated, others = known
+    duplicates = len(repeated)
     corrections: list[UsageAdjustment] = []
-    duplicates = 0
-    for index, rec, raw, rate, su in charges:
-        known = existing.get(_usage_key(cluster.pk, rec))
-        if known is None:
-            new_rows.append(
-                Usage(
-                    cluster=cluster,
-                    allocation=rec.allocation,
-                    user=rec.user,
-                    job_id=rec.job_id,
-                    resource=rec.resource,
-                    raw_unit_seconds=raw,
-                    rate=rate,
-                    su_amount=su,
-                    charged_at=rec.charged_at,
-                    started_at=rec.started_at,
-                    ended_at=rec.ended_at,
-                )
-            )
-        elif known.raw == raw or known.refunded:
-            # The same report again (a retry, an overlapping window), or a refunded job,
-            # which stays refunded whatever is reported later.
+    by_index = {c[0]: c for c in charges} if others else {}
+    for index, state in sorted(others.items()):
+        _, job_id, user_id, alloc_id, _, raw, rate_id, su, *_ = by_index[index]
+        if state.raw == raw or state.refunded:
+            # The same report again (a retry, an overlapping window), or a refunded
+            # job, which stays refunded whatever is reported later.
             duplicates += 1
-        elif known.allocation_id != rec.allocation.pk:
+        elif state.allocation_id != alloc_id:
             errors.append(
                 {
                     "index": index,
                     "field": "allocation",
-                    "message": f"job {rec.job_id} was charged to another allocation; "
+                    "message": f"job {job_id} was charged to another allocation; "
                     "a correction cannot move it",
                 }
             )
@@ -1052,30 +1066,69 @@ def usage_record_batch(*, cluster: Cluster, records: Sequence[UsageInput]) -> Us
             # charge stays; an adjustment brings the job's net charge to the new amount.
             corrections.append(
                 UsageAdjustment(
-                    usage_id=known.pk,
-                    allocation_id=known.allocation_id,
-                    user_id=rec.user.pk,
+                    usage_id=state.pk,
+                    allocation_id=state.allocation_id,
+                    user_id=user_id,
                     kind=UsageAdjustment.Kind.CORRECTION,
-                    su_delta=su - known.net,
+                    su_delta=su - state.net,
                     raw_unit_seconds=raw,
-                    rate=rate,
-                    reason=f"Importer reported {raw} unit-seconds instead of {known.raw}",
+                    rate_id=rate_id,
+                    reason=f"Importer reported {raw} unit-seconds instead of {state.raw}",
                 )
             )
     if errors:
         raise BatchRejected(sorted(errors, key=lambda e: e["index"]))
-    Usage.objects.bulk_create(new_rows, batch_size=2000)
+    inserted, charged_jobs = store.insert(known, {h.job_id for h in open_holds})
+    store.close()
     UsageAdjustment.objects.bulk_create(corrections)
-    add_charges_to_used([*new_rows, *corrections])
-    charged_jobs = {row.job_id for row in new_rows}
+
+    per_allocation: dict[int, Decimal] = defaultdict(Decimal)
+    per_member: dict[tuple[int, int], Decimal] = defaultdict(Decimal)
+    for (alloc_id, user_id), (_, su) in inserted.items():
+        per_allocation[alloc_id] += su
+        per_member[(alloc_id, user_id)] += su
+    for c in corrections:
+        per_allocation[c.allocation_id] += c.su_delta
+        per_member[(c.allocation_id, c.user_id)] += c.su_delta
+    add_to_used(per_allocation, per_member)
+    # The daily rollups of what changed, refreshed after commit: new charges on their
+    # day, corrections on their job's. Records that repeat a charge change nothing.
+    unchanged = set(repeated) | set(others)
+    rollups_touched(
+        [(c[3], c[8]) for c in charges if c[0] not in unchanged] + rollup_keys_for(corrections)
+    )
     close_holds([h for h in open_holds if h.job_id in charged_jobs], state=Hold.State.SETTLED)
     return UsageBatchResult(
-        created=len(new_rows),
+        created=sum(n for n, _ in inserted.values()),
         duplicates=duplicates,
         corrected=len(corrections),
-        su_charged=sum((row.su_amount for row in new_rows), Decimal(0))
-        + sum((c.su_delta for c in corrections), Decimal(0)),
+        su_charged=sum(per_allocation.values(), Decimal(0)),
     )
+
+
+def _recharged(charges, changed: set[int], locked_rates: dict[int, Rate], names, errors):
+    """The charges again at rates corrected or closed since they were read (a concurrent
+    rate_correct or rate_close committed before this batch took the rates' locks)."""
+    result = []
+    for charge in charges:
+        index, job_id, user_id, alloc_id, res_id, raw, rate_id, su, charged_at, *times = charge
+        if rate_id in changed:
+            rate = locked_rates[rate_id]
+            if rate.end is not None and charged_at >= rate.end:
+                errors.append(
+                    {
+                        "index": index,
+                        "field": "charged_at",
+                        "message": f"the rate window for {names.resources[res_id].name} was "
+                        "closed meanwhile",
+                    }
+                )
+                continue
+            su = su_for(raw, rate.su_per_unit_hour)
+        result.append(
+            (index, job_id, user_id, alloc_id, res_id, raw, rate_id, su, charged_at, *times)
+        )
+    return result
 
 
 def usage_record(*, cluster: Cluster, record: UsageInput) -> UsageBatchResult:

@@ -4,11 +4,14 @@ from decimal import Decimal
 import pytest
 from rest_framework.test import APIClient
 
+from accounts.models import User
 from accounts.tokens import api_token_issue, api_token_revoke
+from allocations import services
 from allocations.ingest import MAX_BATCH
 from allocations.ledger import ledger_drift
 from allocations.models import Allocation, Cluster, Usage, UsageAdjustment
 from tests.allocations.dbstate import unchanged
+from tests.conftest import make_user
 
 URL = "/api/v1/usage/"
 
@@ -202,3 +205,85 @@ class TestUsageApi:
 def test_times_with_an_offset_are_stored_in_utc(when, importer, allocation):
     post(importer, job(end=when))
     assert Usage.objects.get().charged_at == dt.datetime(2026, 3, 1, 11, tzinfo=dt.UTC)
+
+
+def usual(job_id, user="bob", raw="7200", **extra):
+    """A record as allocations.mapping writes it: the shape ingest checks fastest."""
+    record = {
+        "job_id": job_id,
+        "user": user,
+        "allocation": "folding-gpu",
+        "resource": "GPU H200",
+        "raw_unit_seconds": raw,
+        "start": "2026-03-01T10:00:00Z",
+        "end": "2026-03-01T13:00:00+00:00",
+        "charged_at": "2026-03-01T13:00:00+00:00",
+    }
+    record.update(extra)
+    return record
+
+
+class TestUsualRecords:
+    def test_other_spellings_of_a_record_are_charged_as_the_usual_one(self, importer, allocation):
+        usual_batch = [usual("1"), usual("2", raw="3600.500"), usual("3", user="alice")]
+        other_batch = [
+            # Padded names, an integer job id, another case, no charged_at.
+            {**usual(" 11 "), "user": " bob", "resource": "gpu h200", "charged_at": None},
+            # count with the elapsed time instead of raw_unit_seconds.
+            {
+                **{k: v for k, v in usual("12").items() if k != "raw_unit_seconds"},
+                "count": "0.5",
+                "elapsed_seconds": 7201,
+            },
+            {**usual(13, user="alice"), "allocation": "folding-gpu "},
+        ]
+
+        assert post(importer, *usual_batch).status_code == 200
+        assert post(importer, *other_batch).status_code == 200
+
+        def charges(job_ids):
+            return [
+                Usage.objects.values_list(
+                    "user__username", "raw_unit_seconds", "su_amount", "charged_at", "started_at"
+                ).get(job_id=j)
+                for j in job_ids
+            ]
+
+        assert charges(["1", "2", "3"]) == charges(["11", "12", "13"])
+        assert ledger_drift() == []
+
+    @pytest.mark.parametrize(
+        ("fault", "field", "message"),
+        [
+            ({"raw_unit_seconds": "-1"}, "raw_unit_seconds", "raw_unit_seconds cannot be negative"),
+            ({"raw_unit_seconds": "1.0001"}, "raw_unit_seconds", "Give at most 3 decimal places."),
+            ({"end": "2026-03-01T13:00:00"}, "end", "end needs a time zone"),
+            ({"start": "2026-03-01T14:00:00Z"}, "end", "the job ends before it starts"),
+            ({"user": "nobody"}, "user", "unknown user 'nobody'"),
+            ({"resource": ["GPU H200"]}, "resource", "resource is required"),
+            ({"job_id": "1"}, "job_id", "job 1 appears twice in this batch"),
+        ],
+    )
+    def test_a_usual_record_with_a_fault_is_rejected_with_the_full_checks_message(
+        self, importer, allocation, fault, field, message
+    ):
+        with unchanged():
+            response = post(importer, usual("1"), {**usual("2"), **fault})
+        assert response.status_code == 400
+        assert [(e["index"], e["field"]) for e in response.json()["errors"]] == [(1, field)]
+        assert response.json()["errors"][0]["message"].startswith(message)
+
+
+def test_a_numeric_name_is_resolved_whatever_else_the_batch_holds(importer, allocation, org):
+    make_user("1", org)
+    services.membership_add(
+        actor=allocation.project.pi, allocation=allocation, user=User.objects.get(username="1")
+    )
+
+    response = post(importer, usual("1", user=True), usual("2", user=1))
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"index": 0, "field": "user", "message": "user is required"}
+    ]
+    assert post(importer, usual("2", user=1)).json()["created"] == 1

@@ -213,3 +213,32 @@ class TestRefreshTask:
     def test_it_takes_json_keys(self, charged):
         assert refresh_rollups_task.delay([[charged.pk, "2026-03-02"]]).get() == 2
         assert {day for day, *_ in rows(charged)} == {MAR2}
+
+
+class TestUsageBatchesKeepRollups:
+    """Posting usage refreshes the rollups it touched once the batch commits: new charges on
+    their day, corrections on their job's day; a replay enqueues nothing."""
+
+    def test_new_charges_and_corrections_reach_the_rollups(
+        self, allocation, bob, gpu, django_capture_on_commit_callbacks
+    ):
+        with django_capture_on_commit_callbacks(execute=True):
+            charge(allocation, usage(allocation, bob, gpu, "1", 10, at(MAR1, 1)))
+        assert rows(allocation) == [(MAR1, "bob", gpu.name, Decimal("20.0000"), Decimal(36000), 1)]
+
+        # Reported again with another amount on a later day: a correction, on the job's day.
+        with django_capture_on_commit_callbacks(execute=True):
+            charge(allocation, usage(allocation, bob, gpu, "1", 4, at(MAR2, 1)))
+        assert rows(allocation) == [(MAR1, "bob", gpu.name, Decimal("8.0000"), Decimal(14400), 1)]
+        assert rollups_drift() == []
+
+    def test_a_replay_enqueues_no_refresh(
+        self, allocation, bob, gpu, django_capture_on_commit_callbacks
+    ):
+        record = usage(allocation, bob, gpu, "1", 10, at(MAR1, 1))
+        charge(allocation, record)
+
+        with django_capture_on_commit_callbacks() as callbacks:
+            charge(allocation, record)
+
+        assert callbacks == []

@@ -422,3 +422,53 @@ def test_the_same_batch_sent_twice_at_once_is_charged_once(allocation, alice, bo
     assert sorted((o.created, o.duplicates) for o in outcomes) == [(0, 10), (10, 0)]
     assert Allocation.objects.get(pk=allocation.pk).su_used == 20
     assert ledger_drift() == []
+
+
+class TestRatesChangedMeanwhile:
+    """A rate corrected or closed by a transaction that commits after a batch read its
+    rates and before the batch locks them (simulated here by changing the rate at that
+    point): the batch charges what the locked rate says."""
+
+    @pytest.fixture
+    def meanwhile(self, monkeypatch):
+        def arrange(change):
+            real = services.store_for
+
+            def store_for(cluster):
+                change()
+                return real(cluster)
+
+            monkeypatch.setattr(services, "store_for", store_for)
+
+        return arrange
+
+    def test_a_rate_corrected_meanwhile_is_charged_at_its_new_value(
+        self, allocation, bob, gpu, meanwhile
+    ):
+        meanwhile(lambda: gpu.rates.update(su_per_unit_hour=3))
+
+        result = record(allocation.cluster, usage(allocation, bob, gpu, "1", 2))
+
+        assert (result.created, result.su_charged) == (1, 6)
+        assert Usage.objects.get().su_amount == 6
+        allocation.refresh_from_db()
+        assert allocation.su_used == 6
+
+    def test_a_rate_closed_meanwhile_rejects_what_it_no_longer_covers(
+        self, allocation, bob, gpu, meanwhile
+    ):
+        meanwhile(lambda: gpu.rates.update(end=MAR))
+
+        with unchanged(), pytest.raises(services.BatchRejected) as excinfo:
+            record(
+                allocation.cluster,
+                usage(allocation, bob, gpu, "1", 1, when=MAR - SECOND),
+                usage(allocation, bob, gpu, "2", 1, when=MAR),
+            )
+        assert excinfo.value.errors == [
+            {
+                "index": 1,
+                "field": "charged_at",
+                "message": "the rate window for GPU H200 was closed meanwhile",
+            }
+        ]
