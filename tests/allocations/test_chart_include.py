@@ -17,7 +17,7 @@ class TestChartInclude:
 
     def test_plotly_comes_from_the_portals_own_static_files(self):
         html = render(url="/x/", title="t")
-        assert 'data-plotly-src="/static/vendor/plotly.min.js"' in html
+        assert 'data-plotly-src="/static/plotly/plotly.min.js"' in html
         assert "cdn" not in html.lower() and "https://" not in html
 
     def test_the_title_is_escaped(self):

@@ -96,7 +96,9 @@ class TestHttps:
         response = client.get("/admin/login/", HTTP_X_FORWARDED_PROTO="https")
         assert response.status_code == 200
 
-    def test_check_deploy_is_clean_with_production_settings(self, settings, db):
+    def test_check_deploy_is_clean_with_production_settings(self, settings, db, monkeypatch):
+        # The browser tests' conftest sets it for Playwright's event loop; production never.
+        monkeypatch.delenv("DJANGO_ALLOW_ASYNC_UNSAFE", raising=False)
         settings.SECURE_SSL_REDIRECT = True
         settings.SECRET_KEY = "k" * 20 + "0123456789abcdefghijklmnopqrstuvwxyz"
         settings.ALLOWED_HOSTS = ["portal.example.edu"]
