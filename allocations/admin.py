@@ -378,6 +378,7 @@ class ClusterAdmin(NoDeleteAdmin):
 
 @admin.register(SyncReport)
 class SyncReportAdmin(ReadOnlyAdmin):
+    cluster_lookup = "cluster"
     list_display = (
         "created",
         "cluster",
@@ -981,6 +982,7 @@ class UsageImportAdmin(NoDeleteAdmin):
     import is never edited, only resumed. A cluster admin sees the imports of their
     clusters (the same rule as the API)."""
 
+    cluster_lookup = "cluster"
     list_display = (
         "original_name",
         "cluster",
