@@ -34,6 +34,8 @@ CLUSTER_ADMIN_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "usage": (),
         "usageadjustment": (),
         "hold": (),
+        "usageimport": ("add",),
+        "syncreport": (),
     },
 }
 

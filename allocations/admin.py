@@ -341,7 +341,12 @@ class ClusterAdmin(NoDeleteAdmin):
         # Capacity changes are recorded (who, when, why) by services.cluster_set_capacity,
         # which the review pages' Capacity tab calls; here it is set only at creation.
         fixed = ("code", "last_sync", "last_sync_drift")
-        return (*fixed, "su_capacity_per_month") if obj else fixed
+        if obj:
+            fixed = (*fixed, "su_capacity_per_month")
+        # Who administers a cluster is a role; only site admins hand roles out.
+        if request.user.is_superuser:
+            return fixed
+        return (*fixed, "admins")
 
     def get_queryset(self, request):
         # The latest report of each cluster in the same query (alloc_syncreport_latest).
@@ -373,6 +378,7 @@ class ClusterAdmin(NoDeleteAdmin):
 
 @admin.register(SyncReport)
 class SyncReportAdmin(ReadOnlyAdmin):
+    cluster_lookup = "cluster"
     list_display = (
         "created",
         "cluster",
@@ -428,12 +434,6 @@ class SyncReportAdmin(ReadOnlyAdmin):
         if not report.applied:
             return "none"
         return format_html("<pre>{}</pre>", "\n".join(report.applied))
-
-    def get_readonly_fields(self, request, obj=None):
-        # Who administers a cluster is a role; only site admins hand roles out.
-        if request.user.is_superuser:
-            return self.readonly_fields
-        return (*self.readonly_fields, "admins")
 
 
 @admin.register(Resource)
@@ -982,6 +982,7 @@ class UsageImportAdmin(NoDeleteAdmin):
     import is never edited, only resumed. A cluster admin sees the imports of their
     clusters (the same rule as the API)."""
 
+    cluster_lookup = "cluster"
     list_display = (
         "original_name",
         "cluster",

@@ -5,8 +5,11 @@ not listed here, so a new page or endpoint cannot ship without its row.
 
 An expectation is "<status>" or "<status> <check>", where check is
   sees:mine / sees:both / sees:none  (a list: whose public ids the answer contains)
-  to:login / to:admin                (a redirect: to the sign-in page, or the admin's
-                                      index, which is how the admin says "not found")
+  to:login / to:admin                (a redirect: to the admin's sign-in page, or the
+                                      admin's index, which is how the admin says "not
+                                      found")
+  to:signin                          (a redirect to the portal's sign-in page,
+                                      /accounts/login/)
 A value may be one string for both scopes, or {MINE: ..., THEIRS: ...}.
 """
 
@@ -46,6 +49,7 @@ class Call:
     expect: dict
     body: object = None
     list_ids: object = None  # (world, scope) -> public id to look for in a list
+    format: str = "json"  # "multipart" for browser forms and file uploads
 
 
 # --- the API ---------------------------------------------------------------------------
@@ -63,6 +67,27 @@ _cluster_write = roles(
     cluster_admin=split("{ok}", "403"),
     importer=split("{ok}", "403"),
 )
+
+
+# Imports: the cluster's token and admins see their cluster's, staff all; the rest of the
+# world finds none (404).
+_import = roles(
+    "404",
+    anonymous="401",
+    staff="200",
+    cluster_admin=split("200", "404"),
+    importer=split("200", "404"),
+)
+# Cluster charts: the cluster's admins and staff; a token is refused.
+_cluster_chart_table = roles("403", anonymous="401", staff="200", cluster_admin=split("200", "403"))
+
+
+def _chart(w, s) -> str:
+    return f"/api/v1/allocations/{w.side(s).allocation.code}/"
+
+
+def _cluster_chart(w, s) -> str:
+    return f"/api/v1/clusters/{w.side(s).cluster.name}/charts/"
 
 
 def _ok(table: dict, ok: str) -> dict:
@@ -182,14 +207,386 @@ API = {
             body=lambda w, s: w.side(s).usage_body(),
         )
     ],
+    # --- background imports: the cluster's token and admins, staff ---
+    "usageimport-list": [
+        Call(
+            "GET",
+            lambda w, s: "/api/v1/imports/",
+            roles(
+                "200 sees:none",
+                anonymous="401",
+                staff="200 sees:both",
+                cluster_admin="200 sees:mine",
+                importer="200 sees:mine",
+            ),
+            list_ids=lambda w, s: w.side(s).usage_import.code,
+        ),
+        Call(
+            "POST",
+            lambda w, s: "/api/v1/imports/",
+            _ok(_cluster_write, "202"),
+            body=lambda w, s: w.side(s).import_body(),
+            format="multipart",
+        ),
+    ],
+    "usageimport-detail": [
+        Call("GET", lambda w, s: f"/api/v1/imports/{w.side(s).usage_import.code}/", _import)
+    ],
+    "usageimport-rejects": [
+        Call(
+            "GET",
+            lambda w, s: f"/api/v1/imports/{w.side(s).usage_import.code}/rejects/",
+            _import,
+        )
+    ],
+    "usageimport-resume": [
+        Call(
+            "POST",
+            lambda w, s: f"/api/v1/imports/{w.side(s).fresh_import().code}/resume/",
+            roles(
+                "404",
+                anonymous="401",
+                staff="202",
+                cluster_admin=split("202", "404"),
+                importer=split("202", "404"),
+            ),
+            body=lambda w, s: {},
+        )
+    ],
+    # --- Slurm sync: the cluster's token and admins, staff; a name is not a secret ---
+    "cluster-desired-state": [
+        Call(
+            "GET",
+            lambda w, s: f"/api/v1/clusters/{w.side(s).cluster.name}/desired-state/",
+            _ok(_cluster_write, "200"),
+        )
+    ],
+    "cluster-sync-reports": [
+        Call(
+            "GET",
+            lambda w, s: f"/api/v1/clusters/{w.side(s).cluster.name}/sync-reports/",
+            _ok(_cluster_write, "200"),
+        ),
+        # Only the sync client posts a report: the importer token, never a person.
+        Call(
+            "POST",
+            lambda w, s: f"/api/v1/clusters/{w.side(s).cluster.name}/sync-reports/",
+            roles("403", anonymous="401", importer=split("201", "403")),
+            body=lambda w, s: w.side(s).sync_report_body(),
+        ),
+    ],
+    # --- charts: whoever sees the allocation (the allocation API's scope) ---
+    "allocation-chart-burndown": [
+        Call("GET", lambda w, s: f"{_chart(w, s)}charts/burndown/", _detail)
+    ],
+    "allocation-chart-members": [
+        Call("GET", lambda w, s: f"{_chart(w, s)}charts/members/", _detail)
+    ],
+    "allocation-chart-resources": [
+        Call("GET", lambda w, s: f"{_chart(w, s)}charts/resources/", _detail)
+    ],
+    "allocation-chart-forecast": [Call("GET", lambda w, s: f"{_chart(w, s)}forecast/", _detail)],
+    "allocation-chart-alert-thresholds": [
+        Call("GET", lambda w, s: f"{_chart(w, s)}alert-thresholds/", _detail),
+        # Changing them: the PI, managers and cluster admins; a member or a token never.
+        Call(
+            "PUT",
+            lambda w, s: f"{_chart(w, s)}alert-thresholds/",
+            {**_detail, MEMBER: split("403", "404"), IMPORTER: split("403", "404")},
+            body=lambda w, s: {"alert_thresholds": "50,80,100"},
+        ),
+    ],
+    "project-chart-overview": [
+        Call(
+            "GET",
+            lambda w, s: f"/api/v1/projects/{w.side(s).project.code}/charts/overview/",
+            # The projects the user leads, manages or is a member of (project_list_for): a
+            # cluster admin's view of a project is the review pages; a token has none.
+            roles(
+                split("200", "404"),
+                anonymous="401",
+                staff="200",
+                cluster_admin="404",
+                outsider="404",
+                importer="404",
+            ),
+        )
+    ],
+    "cluster-chart-commitment": [
+        Call("GET", lambda w, s: f"{_cluster_chart(w, s)}commitment/", _cluster_chart_table)
+    ],
+    "cluster-chart-usage": [
+        Call("GET", lambda w, s: f"{_cluster_chart(w, s)}usage/", _cluster_chart_table)
+    ],
+    "cluster-chart-decisions": [
+        Call("GET", lambda w, s: f"{_cluster_chart(w, s)}decisions/", _cluster_chart_table)
+    ],
 }
 
 # --- pages outside the admin -------------------------------------------------------------
 
 _admin_page = roles("302 to:login", staff="200", cluster_admin="200")
 
+
+def _portal(default: str, **overrides) -> dict:
+    """A portal page: anonymous and importer tokens (not a session) go to sign in."""
+    return roles(default, anonymous="302 to:signin", importer="302 to:signin", **overrides)
+
+
+# One allocation's pages: its project's PI and managers, its cluster's admins, its
+# members; 404 to anyone else.
+_sees = _portal(
+    split("200", "404"),
+    staff="200",
+    outsider="404",
+)
+_sees_all = {**_sees, MEMBER: split("403", "404")}
+# Requests for changes: the PI and managers only.
+_manages = {**_sees_all, CLUSTER_ADMIN: split("403", "404")}
+_project_page = _portal(
+    split("200", "404"),
+    staff="200",
+    cluster_admin="404",
+    member=split("403", "404"),
+    outsider="404",
+)
+_reviews = _portal("404", staff="200", cluster_admin=split("200", "404"))
+
+
+def _as(table: dict, ok: str) -> dict:
+    """The same table for a form's POST: where a GET shows the page (200), a valid POST
+    is done and redirects (`ok`)."""
+
+    def fill(value):
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return ok if value == "200" else value
+
+    return {role: fill(value) for role, value in table.items()}
+
+
+_manages_members = _as(_sees_all, "302")
+
+
+def _alloc(w, s) -> str:
+    return f"/allocations/{w.side(s).allocation.code}/"
+
+
+def _project(w, s) -> str:
+    return f"/projects/{w.side(s).project.code}/"
+
+
 PAGES = {
-    "allocations:home": [Call("GET", lambda w, s: "/", roles("302 to:admin"))],
+    # --- the portal: signed-in users; its pages send anyone else to /accounts/login/ ---
+    # The dashboard lists only the user's own projects' allocations and their memberships
+    # (not a cluster admin's clusters, nor everything for staff).
+    "allocations:home": [
+        Call(
+            "GET",
+            lambda w, s: "/",
+            _portal(
+                "200 sees:none",
+                pi="200 sees:mine",
+                manager="200 sees:mine",
+                member="200 sees:mine",
+            ),
+            list_ids=lambda w, s: w.side(s).allocation.code,
+        )
+    ],
+    "allocations:allocation": [Call("GET", lambda w, s: f"{_alloc(w, s)}", _sees)],
+    "allocations:jobs": [Call("GET", lambda w, s: f"{_alloc(w, s)}jobs/", _sees)],
+    # Every member's usage and the allocation's records: not for a plain member.
+    "allocations:history": [Call("GET", lambda w, s: f"{_alloc(w, s)}history/", _sees_all)],
+    "allocations:requests": [Call("GET", lambda w, s: f"{_alloc(w, s)}requests/", _sees_all)],
+    "allocations:members": [Call("GET", lambda w, s: f"{_alloc(w, s)}members/", _sees_all)],
+    "allocations:change-request": [
+        Call("GET", lambda w, s: f"{_alloc(w, s)}requests/new/", _manages),
+        Call(
+            "POST",
+            lambda w, s: f"{_alloc(w, s)}requests/new/",
+            _as(_manages, "302"),
+            body=lambda w, s: {
+                "su_delta": "5",
+                "requested_status": "",
+                "priority": "2",
+                "justification": "A few more runs",
+            },
+            format="multipart",
+        ),
+    ],
+    # A project of one's own that one leads or manages.
+    "allocations:allocation-request": [
+        Call(
+            "GET",
+            lambda w, s: "/allocations/request/",
+            _portal("403", staff="200", pi="200", manager="200"),
+        )
+    ],
+    "allocations:member-add": [
+        Call(
+            "POST",
+            lambda w, s: f"{_alloc(w, s)}members/add/",
+            _manages_members,
+            body=lambda w, s: {"user": w.side(s).fresh_user().username},
+            format="multipart",
+        )
+    ],
+    "allocations:member-cap": [
+        Call(
+            "POST",
+            lambda w, s: f"/members/{w.side(s).membership.code}/cap/",
+            _manages_members,
+            body=lambda w, s: {f"{w.side(s).membership.code}-su_cap": w.side(s).new_cap()},
+            format="multipart",
+        )
+    ],
+    "allocations:member-status": [
+        Call(
+            "POST",
+            lambda w, s: f"/members/{w.side(s).fresh_membership().code}/status/",
+            _manages_members,
+            body=lambda w, s: {"status": "INACTIVE", "reason": "Left the group"},
+            format="multipart",
+        )
+    ],
+    # The PI's request: those who see every member's usage, and the requester.
+    "allocations:request-comment": [
+        Call(
+            "POST",
+            lambda w, s: f"/requests/{w.side(s).pending.code}/comment/",
+            _as(_sees_all, "302"),
+            body=lambda w, s: {"text": "Any news?"},
+            format="multipart",
+        )
+    ],
+    # The requester, the PI and managers; a cluster admin rejects instead.
+    "allocations:request-cancel": [
+        Call(
+            "POST",
+            lambda w, s: f"/requests/{w.side(s).fresh_request().code}/cancel/",
+            _as(_manages, "302"),
+            body=lambda w, s: {"reason": ""},
+            format="multipart",
+        )
+    ],
+    # The PI and managers; a member who sees it is refused, anyone else finds nothing.
+    "allocations:project": [Call("GET", lambda w, s: f"{_project(w, s)}", _project_page)],
+    # Naming and removing managers: the PI (and staff); a manager is refused by the service.
+    "allocations:project-manager-add": [
+        Call(
+            "POST",
+            lambda w, s: f"{_project(w, s)}managers/add/",
+            _as(_project_page, "302") | {MANAGER: split("400", "404")},
+            body=lambda w, s: {"user": w.side(s).fresh_user().username},
+            format="multipart",
+        )
+    ],
+    "allocations:project-manager-remove": [
+        Call(
+            "POST",
+            lambda w, s: f"{_project(w, s)}managers/remove/",
+            _as(_project_page, "302") | {MANAGER: split("400", "404")},
+            body=lambda w, s: {"user": w.side(s).fresh_manager().username},
+            format="multipart",
+        )
+    ],
+    # --- review pages: the cluster's admins and staff; 404 for anyone else ---
+    "allocations:review:queue": [
+        Call(
+            "GET",
+            lambda w, s: "/review/",
+            _portal("403", staff="200 sees:both", cluster_admin="200 sees:mine"),
+            list_ids=lambda w, s: w.side(s).pending.code,
+        )
+    ],
+    # Only requests in the caller's own queue can be chosen; anything else is refused
+    # on the form and the queue is shown again (with the refusal).
+    "allocations:review:approve-several": [
+        Call(
+            "POST",
+            lambda w, s: "/review/approve/",
+            _portal("302"),
+            body=lambda w, s: {"requests": [str(w.side(s).fresh_request().code)]},
+            format="multipart",
+        )
+    ],
+    "allocations:review:request": [
+        Call("GET", lambda w, s: f"/review/requests/{w.side(s).pending.code}/", _reviews),
+        Call(
+            "POST",
+            lambda w, s: f"/review/requests/{w.side(s).pending.code}/",
+            _as(_reviews, "302"),
+            body=lambda w, s: {"action": "comment", "text": "Which runs?"},
+            format="multipart",
+        ),
+    ],
+    "allocations:review:allocation": [
+        Call("GET", lambda w, s: f"/review/allocations/{w.side(s).allocation.code}/", _reviews)
+    ],
+    "allocations:review:allocation-status": [
+        Call(
+            "GET",
+            lambda w, s: f"/review/allocations/{w.side(s).allocation.code}/freeze/",
+            _reviews,
+        )
+    ],
+    "allocations:review:project-status": [
+        Call("GET", lambda w, s: f"/review/projects/{w.side(s).project.code}/freeze/", _reviews)
+    ],
+    "allocations:review:member-status": [
+        Call(
+            "GET",
+            lambda w, s: f"/review/members/{w.side(s).membership.code}/freeze/",
+            _reviews,
+        ),
+        Call(
+            "POST",
+            lambda w, s: f"/review/members/{w.side(s).fresh_membership().code}/freeze/",
+            _as(_reviews, "302"),
+            body=lambda w, s: {"reason": "Runaway jobs"},
+            format="multipart",
+        ),
+    ],
+    "allocations:review:cluster": [
+        Call("GET", lambda w, s: f"/review/clusters/{w.side(s).cluster.code}/", _reviews)
+    ],
+    "allocations:review:rates": [
+        Call("GET", lambda w, s: f"/review/clusters/{w.side(s).cluster.code}/rates/", _reviews)
+    ],
+    "allocations:review:capacity": [
+        Call("GET", lambda w, s: f"/review/clusters/{w.side(s).cluster.code}/capacity/", _reviews)
+    ],
+    "allocations:review:rate-close": [
+        Call("GET", lambda w, s: f"/review/rates/{w.side(s).rate.code}/close/", _reviews)
+    ],
+    # --- signing in and out (django.contrib.auth.urls) ---
+    "login": [Call("GET", lambda w, s: "/accounts/login/", roles("200"))],
+    "logout": [
+        # A POST (with the CSRF token); it ends on the dashboard, "/".
+        Call("GET", lambda w, s: "/accounts/logout/", roles("405")),
+        Call("POST", lambda w, s: "/accounts/logout/", roles("302")),
+    ],
+    "password_change": [Call("GET", lambda w, s: "/accounts/password_change/", _portal("200"))],
+    "password_change_done": [
+        Call("GET", lambda w, s: "/accounts/password_change/done/", _portal("200"))
+    ],
+    "password_reset": [Call("GET", lambda w, s: "/accounts/password_reset/", roles("200"))],
+    "password_reset_done": [
+        Call("GET", lambda w, s: "/accounts/password_reset/done/", roles("200"))
+    ],
+    # A link with a wrong token shows "invalid link" and changes nothing.
+    "password_reset_confirm": [
+        Call("GET", lambda w, s: "/accounts/reset/MQ/bad-token/", roles("200"))
+    ],
+    "password_reset_complete": [Call("GET", lambda w, s: "/accounts/reset/done/", roles("200"))],
+    # Prometheus: METRICS_TOKEN (none in these settings) or a superuser's session.
+    "metrics": [
+        Call(
+            "GET",
+            lambda w, s: "/metrics",
+            roles("403", anonymous="401", staff="200"),
+        )
+    ],
     "oidc_authentication_init": [
         # Institutional sign-in is off in these settings (tests/accounts/test_oidc.py
         # covers it on); the route exists on every site and answers 404.
@@ -319,6 +716,19 @@ ADMIN = {
     "allocations.usage": AdminModel("v", _CA_READ),
     "allocations.usageadjustment": AdminModel("v", _CA_READ),
     "allocations.hold": AdminModel("v", _CA_READ),
+    # A cluster admin uploads their clusters' accounting files (the add page is the
+    # upload form), downloads the rejects and resumes a failed import; none is edited.
+    "allocations.usageimport": AdminModel(
+        "va",
+        "va",
+        extra={
+            "rejects": roles("302 to:login", staff="200", cluster_admin=split("200", "404")),
+            # Resuming is a POST; a GET is refused once the import is found.
+            "resume": roles("302 to:login", staff="403", cluster_admin=split("403", "404")),
+        },
+    ),
+    # What the sync client found and did: read-only, each cluster's for its admins.
+    "allocations.syncreport": AdminModel("v", _CA_READ),
     # People and institutions are not per cluster: a cluster admin picks members from
     # everyone, but cannot change anyone (nor anyone's roles).
     "accounts.organization": AdminModel("vac", "v", scoped=False),

@@ -21,7 +21,15 @@ class TestRolesInTheAdmin:
         url = reverse("admin:allocations_cluster_change", args=[cluster.pk])
         assert client.get(url).status_code == 200
 
-        client.post(url, {"name": cluster.name, "title": "Renamed", "admins": [charlie.pk]})
+        client.post(
+            url,
+            {
+                "name": cluster.name,
+                "title": "Renamed",
+                "su_per_billing_unit_hour": "1",
+                "admins": [charlie.pk],
+            },
+        )
 
         cluster.refresh_from_db()
         assert cluster.title == "Renamed"

@@ -82,7 +82,8 @@ def test_every_route_is_listed():
 
 
 @pytest.fixture
-def world(staff, alice, bob, charlie, dana, allocation, gpu):
+def world(settings, tmp_path, staff, alice, bob, charlie, dana, allocation, gpu):
+    settings.MEDIA_ROOT = tmp_path / "media"  # the world's uploaded imports
     return build_world(
         staff=staff,
         alice=alice,
@@ -114,7 +115,11 @@ def check(response, expected: str, *, mine_id=None, theirs_id=None) -> str | Non
     if response.status_code != int(status):
         return f"got {response.status_code}, expected {expected}"
     if detail.startswith("to:"):
-        where = {"login": reverse("admin:login"), "admin": reverse("admin:index")}[detail[3:]]
+        where = {
+            "login": reverse("admin:login"),
+            "admin": reverse("admin:index"),
+            "signin": reverse("login"),
+        }[detail[3:]]
         if not response["Location"].startswith(where):
             return f"redirected to {response['Location']}, expected {where}"
     if detail.startswith("sees:"):
@@ -129,9 +134,9 @@ def check(response, expected: str, *, mine_id=None, theirs_id=None) -> str | Non
     return None
 
 
-def _run(world, role, scope, method, url, body=None):
+def _run(world, role, scope, method, url, body=None, fmt="json"):
     client = client_as(world, role)
-    kwargs = {"format": "json"} if body is not None else {}
+    kwargs = {"format": fmt} if body is not None else {}
     return getattr(client, method.lower())(url, body, **kwargs)
 
 
@@ -144,7 +149,7 @@ def test_route(world, route):
                 expected = _expected(call.expect, role, scope)
                 url = call.path(world, scope)
                 body = call.body(world, scope) if call.body else None
-                response = _run(world, role, scope, call.method, url, body)
+                response = _run(world, role, scope, call.method, url, body, call.format)
                 ids = {}
                 if call.list_ids:
                     ids = {

@@ -8,23 +8,29 @@ from decimal import Decimal
 
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from accounts.models import ApiToken, AuditEvent, Organization, User
 from accounts.roles import cluster_admins_group
 from accounts.services import audit_record, organization_create
 from accounts.tokens import api_token_issue
 from allocations import admission, services
+from allocations.imports import usage_import_create
 from allocations.models import (
     Allocation,
     ChangeRequest,
     Cluster,
     Hold,
     Membership,
+    Rate,
     RateCorrection,
     Resource,
+    SyncReport,
     TresMapping,
     Usage,
     UsageAdjustment,
+    UsageImport,
 )
 from tests.conftest import END, RATE_START, START, make_user, usage
 
@@ -34,6 +40,11 @@ PI, MANAGER, MEMBER, OUTSIDER, IMPORTER = "pi", "manager", "member", "outsider",
 ROLES = (ANONYMOUS, STAFF, CLUSTER_ADMIN, PI, MANAGER, MEMBER, OUTSIDER, IMPORTER)
 
 _jobs = itertools.count(1)
+_names = itertools.count(1)
+
+SACCT_HEADER = (
+    "JobIDRaw|JobID|Cluster|User|Account|Partition|AllocTRES|ElapsedRaw|Start|End|State\n"
+)
 
 
 @dataclass
@@ -50,6 +61,74 @@ class Side:
     secret: str
     org: Organization
     audit: AuditEvent
+    usage_import: UsageImport
+    sync_report: SyncReport
+    admin_user: User
+
+    @property
+    def project(self):
+        return self.allocation.project
+
+    @property
+    def membership(self) -> Membership:
+        return Membership.objects.get(allocation=self.allocation, user=self.member)
+
+    @property
+    def rate(self) -> Rate:
+        return self.resource.rates.first()
+
+    def fresh_membership(self) -> Membership:
+        """A new member of the allocation, for changes that cannot be made twice."""
+        user = make_user(f"m{next(_names)}", self.org)
+        return services.membership_add(
+            actor=self.allocation.project.pi, allocation=self.allocation, user=user
+        )
+
+    def new_cap(self) -> str:
+        """A cap no one has set yet (setting the same cap again is refused)."""
+        return str(next(_names))
+
+    def fresh_user(self) -> User:
+        return make_user(f"u{next(_names)}", self.org)
+
+    def fresh_request(self) -> ChangeRequest:
+        """A new pending request of the allocation, for decisions and cancellations."""
+        return services.change_request_submit(
+            actor=self.allocation.project.pi,
+            allocation=self.allocation,
+            su_delta="5",
+            justification="A few more runs",
+        )
+
+    def fresh_import(self, *, failed: bool = True) -> UsageImport:
+        """A new import of this cluster's; a failed one may be resumed."""
+        usage_import = usage_import_create(
+            cluster=self.cluster,
+            fmt="sacct",
+            upload=SimpleUploadedFile("sacct.txt", SACCT_HEADER.encode()),
+            actor=self.admin_user,
+        )
+        if failed:
+            UsageImport.objects.filter(pk=usage_import.pk).update(
+                state=UsageImport.State.FAILED, error="Worker lost", finished_at=timezone.now()
+            )
+            usage_import.refresh_from_db()
+        return usage_import
+
+    def import_body(self) -> dict:
+        return {
+            "cluster": self.cluster.name,
+            "format": "sacct",
+            "file": SimpleUploadedFile("sacct.txt", SACCT_HEADER.encode()),
+        }
+
+    def fresh_manager(self) -> User:
+        user = self.fresh_user()
+        services.project_add_manager(actor=self.project.pi, project=self.project, user=user)
+        return user
+
+    def sync_report_body(self) -> dict:
+        return {"mode": "DRY_RUN", "succeeded": True, "drift": [], "applied": []}
 
     def hold_body(self, job_id: str | None = None) -> dict:
         return {
@@ -127,6 +206,8 @@ class Side:
                 allocation=allocation
             ).first(),
             "allocations.hold": lambda: self.hold,
+            "allocations.usageimport": lambda: self.usage_import,
+            "allocations.syncreport": lambda: self.sync_report,
             "accounts.organization": lambda: self.org,
             "accounts.user": lambda: self.member,
             "accounts.apitoken": lambda: self.token,
@@ -203,7 +284,10 @@ def _side_rows(side_cluster, resource, allocation, member, admin_user, org):
         estimate_su="1",
     )
     audit = audit_record(action="SIGN_IN", actor=member, target=member)
-    return Side(
+    sync_report = services.sync_report_create(
+        token=issued.token, mode="DRY_RUN", succeeded=True, drift=[], applied=[]
+    )
+    side = Side(
         cluster=side_cluster,
         resource=resource,
         allocation=allocation,
@@ -214,7 +298,12 @@ def _side_rows(side_cluster, resource, allocation, member, admin_user, org):
         secret=issued.secret,
         org=org,
         audit=audit,
+        usage_import=None,
+        sync_report=sync_report,
+        admin_user=admin_user,
     )
+    side.usage_import = side.fresh_import(failed=False)
+    return side
 
 
 def build_world(*, staff, alice, bob, charlie, dana, allocation, gpu) -> World:
