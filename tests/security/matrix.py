@@ -562,9 +562,9 @@ PAGES = {
     # --- signing in and out (django.contrib.auth.urls) ---
     "login": [Call("GET", lambda w, s: "/accounts/login/", roles("200"))],
     "logout": [
-        # A POST (with the CSRF token); it ends on the dashboard, "/".
+        # A POST (with the CSRF token); it ends on the "Signed out" page.
         Call("GET", lambda w, s: "/accounts/logout/", roles("405")),
-        Call("POST", lambda w, s: "/accounts/logout/", roles("302")),
+        Call("POST", lambda w, s: "/accounts/logout/", roles("200")),
     ],
     "password_change": [Call("GET", lambda w, s: "/accounts/password_change/", _portal("200"))],
     "password_change_done": [
@@ -601,13 +601,14 @@ PAGES = {
         Call("GET", lambda w, s: "/admin/login/", roles("200", staff="302", cluster_admin="302"))
     ],
     "admin:logout": [
-        # Signing out is a POST (with the CSRF token); it always ends on the home page.
+        # Signing out is a POST (with the CSRF token); staff end on the "Signed out" page,
+        # anyone else is sent to the admin's sign-in.
         Call(
             "GET",
             lambda w, s: "/admin/logout/",
             roles("302 to:admin", staff="405", cluster_admin="405"),
         ),
-        Call("POST", lambda w, s: "/admin/logout/", roles("302")),
+        Call("POST", lambda w, s: "/admin/logout/", roles("302", staff="200", cluster_admin="200")),
     ],
     "admin:password_change": [Call("GET", lambda w, s: "/admin/password_change/", _admin_page)],
     "admin:password_change_done": [
