@@ -77,6 +77,7 @@ def _ok(table: dict, ok: str) -> dict:
 API = {
     "api-root": [Call("GET", lambda w, s: "/api/v1/", roles("200", anonymous="401"))],
     "api-schema": [Call("GET", lambda w, s: "/api/v1/schema/", roles("200", anonymous="401"))],
+    "api-ping": [Call("GET", lambda w, s: "/api/v1/ping/", roles("200", anonymous="401"))],
     "allocation-list": [
         Call(
             "GET",
@@ -189,6 +190,10 @@ API = {
 _admin_page = roles("302 to:login", staff="200", cluster_admin="200")
 
 PAGES = {
+    # The benchmarks' reference page: the layout for anyone signed in; a token is not a
+    # session, so the importer is sent to sign in like anyone else (to /accounts/login/,
+    # which to:login, the admin's sign-in page, does not name).
+    "ping": [Call("GET", lambda w, s: "/ping/", roles("200", anonymous="302", importer="302"))],
     "allocations:home": [Call("GET", lambda w, s: "/", roles("302 to:admin"))],
     "oidc_authentication_init": [
         # Institutional sign-in is off in these settings (tests/accounts/test_oidc.py
