@@ -457,6 +457,10 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.1f} ms"
 
 
+def _queries(n: int) -> str:
+    return f"{n} query" if n == 1 else f"{n} queries"
+
+
 def _rows_text(n: int) -> str:
     return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k"
 
@@ -495,9 +499,9 @@ def table_rows(ingested: dict, small: list[dict], large: list[dict], scales) -> 
             {
                 "figure": f"{read['name']} at {_rows_text(large_rows)} rows",
                 "value": f"p50 {_ms(m['p50_us'])}, p99 {_ms(m['p99_us'])}, "
-                f"{read['queries']} queries",
+                f"{_queries(read['queries'])}",
                 "reference": f"{read['reference_path']}: p50 {_ms(r['p50_us'])}, "
-                f"p99 {_ms(r['p99_us'])}, {read['reference_queries']} queries",
+                f"p99 {_ms(r['p99_us'])}, {_queries(read['reference_queries'])}",
                 "ratio": read["ratio"],
                 "goal": f"p50 <= {read['goal']}x",
                 "met": read["ratio"] <= read["goal"],
