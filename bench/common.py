@@ -102,6 +102,9 @@ def portal_env(database_url: str, **extra: str) -> dict[str, str]:
         # Connections live through a whole run, so the CPU their backends spend is
         # still there to be counted at its end (production reconnects every 60 s).
         DATABASE_CONN_MAX_AGE="3600",
+        # Plain HTTP on loopback, as a TLS-ending proxy hands requests to the portal:
+        # without this, DEBUG off answers every request with a redirect to https://.
+        SECURE_SSL_REDIRECT="0",
     )
     env.update(extra)
     return env
@@ -160,10 +163,13 @@ def backend_cpu_seconds(conn, database: str) -> float:
 
 
 @contextmanager
-def gunicorn(database_url: str, *, workers: int = 2, threads: int = 2) -> Iterator[Server]:
+def gunicorn(
+    database_url: str, *, workers: int = 2, threads: int = 2, env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """Serves the portal as in production (gunicorn, DEBUG off) on a free port of
     127.0.0.1 until the block ends, however it ends. gthread workers, because the sync
-    worker closes every connection and importers keep theirs alive."""
+    worker closes every connection and importers keep theirs alive. `env` adds to or
+    overrides the production environment."""
     port = free_port()
     logdir = Path(tempfile.mkdtemp(prefix="bench-gunicorn-"))
     log = logdir / "gunicorn.log"
@@ -185,7 +191,7 @@ def gunicorn(database_url: str, *, workers: int = 2, threads: int = 2) -> Iterat
         process = subprocess.Popen(
             argv,
             cwd=REPO,
-            env=portal_env(database_url),
+            env=portal_env(database_url, **(env or {})),
             stdout=out,
             stderr=subprocess.STDOUT,
             # Its own process group, so its workers stop with it.

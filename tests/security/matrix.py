@@ -102,6 +102,7 @@ def _ok(table: dict, ok: str) -> dict:
 API = {
     "api-root": [Call("GET", lambda w, s: "/api/v1/", roles("200", anonymous="401"))],
     "api-schema": [Call("GET", lambda w, s: "/api/v1/schema/", roles("200", anonymous="401"))],
+    "api-ping": [Call("GET", lambda w, s: "/api/v1/ping/", roles("200", anonymous="401"))],
     "allocation-list": [
         Call(
             "GET",
@@ -377,6 +378,10 @@ def _project(w, s) -> str:
 
 
 PAGES = {
+    # The benchmarks' reference page: the layout for anyone signed in; a token is not a
+    # session, so the importer is sent to sign in like anyone else (to /accounts/login/,
+    # which to:login, the admin's sign-in page, does not name).
+    "ping": [Call("GET", lambda w, s: "/ping/", roles("200", anonymous="302", importer="302"))],
     # --- the portal: signed-in users; its pages send anyone else to /accounts/login/ ---
     # The dashboard lists only the user's own projects' allocations and their memberships
     # (not a cluster admin's clusters, nor everything for staff).
