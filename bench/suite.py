@@ -48,10 +48,16 @@ from bench.common import (
 )
 
 DATA = REPO.parent / "shared" / "data"
-TRACES = {
-    "lanl": DATA / "LANL-CM5-1994-4.1-cln.swf.gz",
-    "nasa": DATA / "NASA-iPSC-1993-3.1-cln.swf.gz",
-}
+# The whole traces beside the checkout when they are there; otherwise the slice of the LANL
+# trace the demo ships, so a clone alone runs the suite (with fewer distinct users).
+TRACES = (
+    {
+        "lanl": DATA / "LANL-CM5-1994-4.1-cln.swf.gz",
+        "nasa": DATA / "NASA-iPSC-1993-3.1-cln.swf.gz",
+    }
+    if (DATA / "LANL-CM5-1994-4.1-cln.swf.gz").exists()
+    else {"lanl": REPO / "allocations" / "demo" / "lanl-cm5-slice.swf.gz"}
+)
 DEFAULT_URL = f"{DEFAULT_SERVER}/su_bench_run"
 INGEST_URL = f"{DEFAULT_SERVER}/su_bench_run_ingest"
 CLUSTER = "bench"
