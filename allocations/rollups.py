@@ -4,10 +4,16 @@ A rollup row is keyed by (allocation, UTC day of charged_at, user, resource). An
 adjustment counts on its job's day, not on the day it was made, so a refunded job leaves
 its day and a re-rated one moves with it; the rows always sum to the allocation's su_used.
 
-Rollups are derived, so they are kept by recomputing rather than by adding deltas: any
-writer of usage or adjustments calls `rollups_touched` with the (allocation, day) keys it
-touched, and a task recomputes exactly those keys from the records after the commit.
-Recomputing is idempotent, so a task run twice, late or out of order leaves the same rows.
+Two ways keep them:
+- New charges (a usage batch's inserted rows, the bulk of all writes) add to their keys
+  in the batch's own transaction (`rollups_add`), under the allocation locks the batch
+  holds: the rollups move with the records, as the maintained su_used totals do, and a
+  batch costs one statement more, not a recompute of its days.
+- Everything else (corrections, refunds, re-rating: rare, and a job's raw amount then
+  depends on its latest adjustment) calls `rollups_touched` with the (allocation, day)
+  keys it touched, and a task recomputes exactly those keys from the records after the
+  commit. Recomputing is idempotent, so a task run twice, late or out of order leaves the
+  same rows; it takes the same allocation locks, so it never interleaves with an add.
 The periodic `rollups_refresh_all` repairs keys whose task was lost, and `rollups_drift`
 proves the rows match the records (the `verify_rollups` command).
 """
@@ -60,6 +66,51 @@ def rollups_touched(allocation_day_pairs: Iterable[tuple[int, dt.date | dt.datet
         refresh_rollups_task.delay(payload)
 
     transaction.on_commit(enqueue_rollups_refresh, robust=True)
+
+
+# rollups_add in one statement, around a SELECT of (allocation_id, user_id, resource_id,
+# day, su, raw, jobs): usage_store's batch INSERT feeds it from its RETURNING.
+ROLLUP_ADD = (
+    "INSERT INTO allocations_usagedaily (allocation_id, user_id, resource_id, day, su, raw, jobs)"
+)
+ROLLUP_ADD_CONFLICT = """
+    ON CONFLICT ON CONSTRAINT allocations_usagedaily_one_per_key DO UPDATE SET
+        su = allocations_usagedaily.su + EXCLUDED.su,
+        raw = allocations_usagedaily.raw + EXCLUDED.raw,
+        jobs = allocations_usagedaily.jobs + EXCLUDED.jobs
+"""
+
+
+def rollups_add(deltas: dict[Key, tuple[Decimal, Decimal, int]]) -> None:
+    """Adds new charges to their rollup rows: {key: (su, raw, jobs)} of usage rows just
+    inserted (no adjustment yet, so their raw amount is their own). The caller holds
+    the keys' allocations locked in the same transaction (usage_record_rows does), so a
+    concurrent recompute of these keys either ran before or runs after and sees them.
+    (On PostgreSQL a usage batch does the same in its INSERT statement, with ROLLUP_ADD:
+    usage_store.PostgresStore.insert.)"""
+    if not deltas:
+        return
+    # Read the keys' rows, then update or create: the locks make this safe.
+    existing = {
+        (row.allocation_id, row.user_id, row.resource_id, row.day): row
+        for row in UsageDaily.objects.filter(
+            allocation_id__in={k[0] for k in deltas}, day__in={k[3] for k in deltas}
+        )
+    }
+    changed, created = [], []
+    for (a, u, r, day), (su, raw, jobs) in deltas.items():
+        row = existing.get((a, u, r, day))
+        if row is None:
+            created.append(
+                UsageDaily(
+                    allocation_id=a, user_id=u, resource_id=r, day=day, su=su, raw=raw, jobs=jobs
+                )
+            )
+        else:
+            row.su, row.raw, row.jobs = row.su + su, row.raw + raw, row.jobs + jobs
+            changed.append(row)
+    UsageDaily.objects.bulk_update(changed, ["su", "raw", "jobs"], batch_size=500)
+    UsageDaily.objects.bulk_create(created, batch_size=500)
 
 
 def rollup_keys_for(rows: Iterable[Usage | UsageAdjustment]) -> list[tuple[int, dt.datetime]]:

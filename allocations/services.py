@@ -1091,12 +1091,10 @@ def usage_record_rows(
         per_allocation[c.allocation_id] += c.su_delta
         per_member[(c.allocation_id, c.user_id)] += c.su_delta
     add_to_used(per_allocation, per_member)
-    # The daily rollups of what changed, refreshed after commit: new charges on their
-    # day, corrections on their job's. Records that repeat a charge change nothing.
-    unchanged = set(repeated) | set(others)
-    rollups_touched(
-        [(c[3], c[8]) for c in charges if c[0] not in unchanged] + rollup_keys_for(corrections)
-    )
+    # The daily rollups: store.insert added the new charges to theirs, under this
+    # batch's allocation locks; corrections are recomputed on their job's day after
+    # commit. Records that repeat a charge change nothing.
+    rollups_touched(rollup_keys_for(corrections))
     close_holds([h for h in open_holds if h.job_id in charged_jobs], state=Hold.State.SETTLED)
     return UsageBatchResult(
         created=sum(n for n, _ in inserted.values()),

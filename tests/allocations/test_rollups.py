@@ -12,6 +12,7 @@ from allocations.adjustments import rate_correct, usage_refund
 from allocations.models import Usage, UsageDaily
 from allocations.rollups import (
     rollup_keys_for,
+    rollups_add,
     rollups_drift,
     rollups_refresh,
     rollups_refresh_all,
@@ -65,6 +66,8 @@ class TestRollupsRefresh:
         assert rollups_drift() == []
 
     def test_it_recomputes_only_the_days_asked_for(self, charged):
+        UsageDaily.objects.all().delete()  # as if lost; the batch had written them
+
         rollups_refresh(allocation_ids=[charged.pk], days=[MAR2])
 
         assert {day for day, *_ in rows(charged)} == {MAR2}
@@ -128,6 +131,7 @@ class TestRollupsTouched:
             raise ConnectionError("broker unreachable")
 
         monkeypatch.setattr(refresh_rollups_task, "delay", down)
+        UsageDaily.objects.all().delete()
         with django_capture_on_commit_callbacks(execute=True):
             rollups_touched([(charged.pk, MAR1)])
 
@@ -201,6 +205,7 @@ class TestRollupsDrift:
         assert rollups_drift() == []
 
     def test_the_command_fails_on_drift_and_repairs_on_request(self, charged, capsys):
+        UsageDaily.objects.all().delete()
         with pytest.raises(CommandError, match="3 rollup rows differ"):
             call_command("verify_rollups")
 
@@ -211,13 +216,72 @@ class TestRollupsDrift:
 
 class TestRefreshTask:
     def test_it_takes_json_keys(self, charged):
+        UsageDaily.objects.all().delete()
         assert refresh_rollups_task.delay([[charged.pk, "2026-03-02"]]).get() == 2
         assert {day for day, *_ in rows(charged)} == {MAR2}
 
 
 class TestUsageBatchesKeepRollups:
-    """Posting usage refreshes the rollups it touched once the batch commits: new charges on
-    their day, corrections on their job's day; a replay enqueues nothing."""
+    """New charges add to their rollups in the batch's own transaction; corrections are
+    recomputed on their job's day once the batch commits; a replay changes nothing."""
+
+    def test_new_charges_reach_the_rollups_with_the_batch_and_enqueue_nothing(
+        self, allocation, alice, bob, gpu, cpu, django_capture_on_commit_callbacks
+    ):
+        with django_capture_on_commit_callbacks() as callbacks:
+            charge(
+                allocation,
+                usage(allocation, bob, gpu, "1", 10, at(MAR1, 1)),
+                usage(allocation, bob, gpu, "2", 5, at(MAR1, 23, 59, 59)),
+                usage(allocation, alice, cpu, "3", 100, at(MAR2, 0)),
+            )
+
+        assert callbacks == []  # no refresh task: the rows moved with the batch
+        assert rows(allocation) == [
+            (MAR1, "bob", gpu.name, Decimal("30"), Decimal(54000), 2),
+            (MAR2, "alice", cpu.name, Decimal("1"), Decimal(360000), 1),
+        ]
+        assert rollups_drift() == []
+
+    def test_a_later_batch_adds_to_the_rows_already_there(self, charged, bob, gpu):
+        rollups_refresh_all()
+        before = {(d, u): (su, raw, jobs) for d, u, _, su, raw, jobs in rows(charged)}
+
+        charge(charged, usage(charged, bob, gpu, "9", 1, at(MAR1, 5)))  # 2 SU on Mar 1
+
+        after = {(d, u): (su, raw, jobs) for d, u, _, su, raw, jobs in rows(charged)}
+        su, raw, jobs = before[(MAR1, "bob")]
+        assert after[(MAR1, "bob")] == (su + 2, raw + 3600, jobs + 1)
+        assert after[(MAR2, "bob")] == before[(MAR2, "bob")]
+        assert rollups_drift() == []
+
+    def test_rollups_add_adds_to_a_row_or_creates_it(self, charged, alice, bob, gpu, cpu):
+        rollups_add(
+            {
+                (charged.pk, bob.pk, gpu.pk, MAR1): (Decimal("2"), Decimal("3600"), 1),
+                (charged.pk, alice.pk, cpu.pk, MAR1): (Decimal("1"), Decimal("360000"), 1),
+            }
+        )
+
+        assert rows(charged) == [
+            (MAR1, "alice", cpu.name, Decimal("1"), Decimal(360000), 1),
+            (MAR1, "bob", gpu.name, Decimal("32"), Decimal(57600), 3),
+            (MAR2, "alice", cpu.name, Decimal("1"), Decimal(360000), 1),
+            (MAR2, "bob", gpu.name, Decimal("2"), Decimal(3600), 1),
+        ]
+
+    def test_a_rejected_batch_leaves_the_rollups_as_they_were(self, charged, bob, gpu):
+        rollups_refresh_all()
+        before = rows(charged)
+
+        with pytest.raises(services.BatchRejected):
+            charge(
+                charged,
+                usage(charged, bob, gpu, "10", 1, at(MAR1, 6)),
+                usage(charged, bob, gpu, "10", 1, at(MAR1, 6)),  # twice in one batch
+            )
+
+        assert rows(charged) == before
 
     def test_new_charges_and_corrections_reach_the_rollups(
         self, allocation, bob, gpu, django_capture_on_commit_callbacks
