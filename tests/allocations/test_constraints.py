@@ -743,3 +743,43 @@ class TestConstraintConditions:
 
     def test_an_ending_alert_may_count_more_than_100_days(self, w):
         _ending(w, threshold=120)
+
+
+class TestUsageIndexes:
+    """Every index on the usage table costs each of the 10,000 inserts of a batch: the
+    table has exactly the indexes its reads need (migration 0010 dropped the three that
+    only repeated the leading column of another)."""
+
+    def _indexes(self, table: str) -> dict[str, list[str]]:
+        with connection.cursor() as cursor:
+            found = connection.introspection.get_constraints(cursor, table)
+        return {
+            name: info["columns"]
+            for name, info in found.items()
+            if (info["index"] or info["unique"]) and not info["primary_key"]
+        }
+
+    @pytest.mark.django_db
+    def test_the_usage_table_has_no_index_that_another_covers(self):
+        columns = sorted(self._indexes("allocations_usage").values())
+
+        assert columns == sorted(
+            [
+                ["allocation_id", "charged_at"],
+                ["allocation_id", "user_id", "charged_at"],
+                ["resource_id", "charged_at"],
+                ["cluster_id", "job_id", "resource_id", "user_id"],
+                ["rate_id"],
+                ["user_id"],
+            ]
+        )
+
+    @pytest.mark.django_db
+    def test_the_rollups_keep_one_index_led_by_the_allocation(self):
+        led_by_allocation = [
+            cols
+            for cols in self._indexes("allocations_usagedaily").values()
+            if cols[0] == "allocation_id"
+        ]
+
+        assert led_by_allocation == [["allocation_id", "day", "user_id", "resource_id"]]
