@@ -644,6 +644,34 @@ def usage_import_resume(
     return locked
 
 
+def usage_import_files_purge(*, now=None) -> int:
+    """Deletes the stored files of imports done more than IMPORT_FILE_RETENTION_DAYS ago:
+    a site's accounting history would otherwise pile up in MEDIA_ROOT. The import's
+    record, counters and rejects stay; only a done import loses its file (a failed one
+    may still be resumed, and that re-reads it). Returns how many files went."""
+    days = settings.IMPORT_FILE_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    before = (now or timezone.now()) - timedelta(days=days)
+    due = UsageImport.objects.filter(state=State.DONE, finished_at__lt=before).exclude(file="")
+    purged = 0
+    for pk in due.values_list("pk", flat=True).iterator():
+        with transaction.atomic():
+            usage_import = UsageImport.objects.select_for_update().get(pk=pk)
+            name = usage_import.file.name
+            if usage_import.state != State.DONE or not name:
+                continue
+            storage = usage_import.file.storage
+            UsageImport.objects.filter(pk=pk).update(file="")
+            # The file goes once the record no longer names it; if the storage fails
+            # then, an orphan file is left, never a record naming a missing file.
+            transaction.on_commit(lambda s=storage, n=name: s.delete(n), robust=True)
+        purged += 1
+    if purged:
+        logger.info("Deleted the files of %d finished usage imports", purged)
+    return purged
+
+
 def usage_imports_resume_stale() -> int:
     """Queues again every import whose runner (or queued task) seems lost."""
     stale = UsageImport.objects.filter(

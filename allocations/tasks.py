@@ -73,6 +73,13 @@ def resume_stale_imports_task() -> int:
     return usage_imports_resume_stale()
 
 
+@shared_task(name="allocations.purge_import_files", acks_late=True, **SWEEP_LIMITS)
+def purge_import_files_task() -> int:
+    from allocations.imports import usage_import_files_purge
+
+    return usage_import_files_purge()
+
+
 # At most once, unlike the tasks above: a redelivered message would e-mail people twice,
 # and a lost notification is the lesser harm (the portal shows every step anyway).
 @shared_task(name="allocations.send_request_emails", acks_late=False)

@@ -327,6 +327,9 @@ IMPORT_STALE_SECONDS = envint("IMPORT_STALE_SECONDS", 300)
 # A run hands over to a fresh task after this long (the checkpoint keeps its place).
 IMPORT_TASK_SOFT_TIME_LIMIT = envint("IMPORT_TASK_SOFT_TIME_LIMIT", 3600)
 IMPORT_TASK_TIME_LIMIT = envint("IMPORT_TASK_TIME_LIMIT", 3900)
+# The uploaded file of an import that finished (done) this many days ago is deleted; the
+# import's record, counters and rejects stay. 0 keeps every file.
+IMPORT_FILE_RETENTION_DAYS = envint("IMPORT_FILE_RETENTION_DAYS", 30)
 # Usage warnings: percentages of an allocation's budget (and of a member's cap) at which
 # its PI (and the member) are e-mailed, once per crossing; an allocation may set its own.
 # End-date warnings: days before an allocation's or a membership's end. A system check
@@ -342,6 +345,10 @@ METRICS_TOKEN = envsecret("METRICS_TOKEN") or ""
 CELERY_BEAT_SCHEDULE = {
     "expire-stale-holds": {"task": "allocations.expire_holds", "schedule": 15 * 60},
     "resume-stale-imports": {"task": "allocations.resume_stale_imports", "schedule": 5 * 60},
+    "purge-import-files": {
+        "task": "allocations.purge_import_files",
+        "schedule": crontab(minute=45, hour=2),
+    },
     "close-ended": {"task": "allocations.close_ended", "schedule": crontab(minute=5, hour=0)},
     "send-alerts": {"task": "allocations.send_alerts", "schedule": 30 * 60},
     # Rollups follow every batch within seconds; this repairs any that a lost task missed.

@@ -24,6 +24,7 @@ from allocations.imports import (
     ImportNotResumable,
     Outcome,
     usage_import_create,
+    usage_import_files_purge,
     usage_import_resume,
     usage_import_run,
     usage_imports_resume_stale,
@@ -31,7 +32,7 @@ from allocations.imports import (
 from allocations.ledger import ledger_drift
 from allocations.models import Cluster, TresMapping, Usage, UsageImport
 from allocations.selectors import usage_import_progress
-from allocations.tasks import run_usage_import_task
+from allocations.tasks import purge_import_files_task, run_usage_import_task
 from tests.allocations import test_import_usage as samples
 from tests.allocations.test_import_usage import (
     CUT_SHORT,
@@ -520,3 +521,64 @@ class TestTask:
 
         assert self._deliver(usage_import.code, monkeypatch) == []
         assert counters(usage_import) == before
+
+
+class TestFileRetention:
+    """A done import's file is deleted IMPORT_FILE_RETENTION_DAYS after it finished; its
+    record, counters and rejects stay."""
+
+    def finished(self, cluster, actor, days_ago: int) -> UsageImport:
+        usage_import = create(cluster, actor, SACCT.read_bytes())
+        assert usage_import_run(code=usage_import.code) == Outcome.DONE
+        UsageImport.objects.filter(pk=usage_import.pk).update(
+            finished_at=timezone.now() - dt.timedelta(days=days_ago)
+        )
+        return usage_import
+
+    def test_old_done_files_go_and_everything_else_stays(
+        self, site, dana, settings, _media, django_capture_on_commit_callbacks
+    ):
+        settings.IMPORT_FILE_RETENTION_DAYS = 30
+        old = self.finished(site, dana, 31)
+        recent = self.finished(site, dana, 29)
+        failed = create(site, dana, SACCT.read_bytes())
+        UsageImport.objects.filter(pk=failed.pk).update(
+            state=State.FAILED,
+            error="worker lost",
+            finished_at=timezone.now() - dt.timedelta(days=90),
+        )
+        before = counters(old), reject_rows(old)
+
+        with django_capture_on_commit_callbacks(execute=True):
+            assert purge_import_files_task.delay().get() == 1
+
+        old.refresh_from_db()
+        assert old.file.name == ""
+        assert (counters(old), reject_rows(old)) == before
+        assert sorted(stored_files(_media)) == sorted(
+            _media / "imports" / str(i.code) for i in (recent, failed)
+        )
+        # A second sweep finds nothing more to do.
+        with django_capture_on_commit_callbacks(execute=True):
+            assert purge_import_files_task.delay().get() == 0
+
+    def test_zero_days_keeps_every_file(self, site, dana, settings, _media):
+        settings.IMPORT_FILE_RETENTION_DAYS = 0
+        self.finished(site, dana, 400)
+
+        assert usage_import_files_purge() == 0
+        assert len(stored_files(_media)) == 1
+
+    def test_a_purged_done_import_still_shows_its_rejects_in_the_api(
+        self, site, dana, settings, client, django_capture_on_commit_callbacks
+    ):
+        settings.IMPORT_FILE_RETENTION_DAYS = 1
+        usage_import = self.finished(site, dana, 2)
+        with django_capture_on_commit_callbacks(execute=True):
+            usage_import_files_purge()
+        client.force_login(dana)
+
+        response = client.get(f"/api/v1/imports/{usage_import.code}/rejects/")
+
+        assert response.status_code == 200
+        assert b"9 fields, the header has 11" in response.getvalue()
