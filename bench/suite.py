@@ -74,7 +74,7 @@ WINDOW_DAYS = 365
 SU_PER_CORE_HOUR = "0.01"
 WRK_SCRIPT = REPO / "bench" / "wrk.lua"
 # Each read and its reference are measured in this many alternating rounds; the round
-# with the median ratio counts.
+# with the median ratio counts. (--quick: one, as a smoke test.)
 ROUNDS = 3
 
 
@@ -426,8 +426,8 @@ def count_queries(site: dict, target: dict) -> int:
     return len(ctx.captured_queries)
 
 
-def measure_reads(url: str, site: dict, *, seconds: float, log) -> list[dict]:
-    """Each target right after its reference, so both see the same machine, in ROUNDS
+def measure_reads(url: str, site: dict, *, seconds: float, rounds: int = ROUNDS, log) -> list[dict]:
+    """Each target right after its reference, so both see the same machine, in
     alternating rounds."""
     credentials = _credentials(site)
     results = []
@@ -444,13 +444,14 @@ def measure_reads(url: str, site: dict, *, seconds: float, log) -> list[dict]:
             _check_answer(server, target, target["path"], body, creds)
             # Alternating rounds: a burst of load from elsewhere on the machine lands on
             # one round of one of the pair, and the median of the rounds leaves it out.
-            rounds = []
-            for _ in range(ROUNDS):
+            measured_rounds = []
+            for _ in range(rounds):
                 reference = wrk(server, target["reference"], body=None, env=creds, seconds=seconds)
                 measured = wrk(server, target["path"], body=body, env=creds, seconds=seconds)
-                rounds.append((measured["p50_us"] / reference["p50_us"], reference, measured))
-            rounds.sort(key=lambda r: r[0])
-            ratio, reference, measured = rounds[len(rounds) // 2]
+                ratio = measured["p50_us"] / reference["p50_us"]
+                measured_rounds.append((ratio, reference, measured))
+            measured_rounds.sort(key=lambda r: r[0])
+            ratio, reference, measured = measured_rounds[len(measured_rounds) // 2]
             queries = count_queries(site, target)
             reference_queries = count_queries(
                 site, {**target, "path": target["reference"], "body": None}
@@ -470,7 +471,7 @@ def measure_reads(url: str, site: dict, *, seconds: float, log) -> list[dict]:
                     "queries": queries,
                     "reference_queries": reference_queries,
                     "ratio": ratio,
-                    "round_ratios": [r[0] for r in rounds],
+                    "round_ratios": [r[0] for r in measured_rounds],
                 }
             )
     return results
@@ -569,6 +570,7 @@ def run(
     seconds: float,
     ingest_jobs: int | None,
     pis: int = PIS,
+    rounds: int = ROUNDS,
     database_url: str = DEFAULT_URL,
     ingest_url: str = INGEST_URL,
     log=print,
@@ -634,7 +636,9 @@ def run(
             )
             log(f"3. reads at {scale:,} rows, {seconds:g} s each")
             t = time.perf_counter()
-            results[scale] = measure_reads(database_url, site, seconds=seconds, log=log)
+            results[scale] = measure_reads(
+                database_url, site, seconds=seconds, rounds=rounds, log=log
+            )
             timings[f"reads_{scale}_s"] = time.perf_counter() - t
         conn.execute("DROP TABLE bench_trace_job")
     timings["site_and_reads_s"] = time.perf_counter() - step
@@ -646,6 +650,7 @@ def run(
         "rows": rows,
         "small_rows": small_rows,
         "seconds_per_endpoint": seconds,
+        "rounds": rounds,
         "site": {k: str(v) for k, v in site.items() if k != "token"},
         "trace_jobs": len(jobs),
         "ingest": {k: v for k, v in ingested.items() if k != "rows"},
@@ -681,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds=seconds,
             ingest_jobs=2000 if args.quick else None,
             pis=QUICK_PIS if args.quick else PIS,
+            rounds=1 if args.quick else ROUNDS,
             database_url=args.database_url,
             ingest_url=args.ingest_database_url,
             log=log,
