@@ -9,20 +9,29 @@ Reason codes (the documented list, also in README):
 """
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import User
 from allocations.adjustments import moved
 from allocations.conversion import SU_LIMIT, parse_decimal, parse_su, su_for
-from allocations.models import Allocation, Cluster, Hold, Membership, Rate, Resource, Status
+from allocations.models import (
+    Allocation,
+    Cluster,
+    Hold,
+    Membership,
+    Project,
+    Rate,
+    Resource,
+    Status,
+)
 
 
 class Reason(StrEnum):
@@ -168,46 +177,115 @@ def parse_estimate(
     return None, count * wall
 
 
+def _columns(model, alias: str) -> str:
+    return ", ".join(f"{alias}.{connection.ops.quote_name(f.column)}" for f in _fields(model))
+
+
+def _fields(model) -> list:
+    return list(model._meta.concrete_fields)
+
+
+@functools.cache
+def _converters(model, vendor: str) -> tuple[list[str], list[tuple]]:
+    """The attnames of a model's columns, and for each its column expression and the
+    functions the ORM converts its database value with (computed once per model)."""
+    fields = _fields(model)
+    converters = []
+    for f in fields:
+        expression = f.get_col(model._meta.db_table)
+        converters.append(
+            (
+                expression,
+                connection.ops.get_db_converters(expression) + f.get_db_converters(connection),
+            )
+        )
+    return [f.attname for f in fields], converters
+
+
+def _instance(model, values: list):
+    """A model instance from its columns as the database returned them, converted as
+    the ORM converts them (SQLite hands back decimals and times as text)."""
+    attnames, converters = _converters(model, connection.vendor)
+    converted = []
+    for value, (expression, functions) in zip(values, converters, strict=True):
+        for convert in functions:
+            value = convert(value, expression, connection)
+        converted.append(value)
+    return model.from_db(connection.alias, attnames, converted)
+
+
+# Every model _resolve reads, in the order of its columns.
+_RESOLVED = (
+    (Allocation, "a"),
+    (Project, "p"),
+    (Membership, "m"),
+    (User, "u"),
+    (Rate, "rt"),
+    (Resource, "rs"),
+)
+
+
 def _resolve(
     *, cluster: Cluster, username: str, account: str, resource_name: str, at: dt.datetime
 ) -> Admission:
-    """Resolves the names in three queries, whatever the size of the usage table:
-    the allocation (with its project and whether it includes the resource), the
-    membership (with its user), and the resource's rate in force."""
-    through = Allocation.resources.through
-    allocation = (
-        Allocation.objects.select_related("project")
-        .annotate(
-            has_resource=Exists(
-                through.objects.filter(
-                    allocation_id=OuterRef("pk"), resource__name__iexact=resource_name
-                )
-            )
+    """Resolves the names in one query, whatever the size of the usage table: the
+    allocation with its project and whether it includes the resource, the membership
+    with its user, and the resource's rate in force, with what tells an unknown name
+    from a missing link. Admission runs at every job submission: one statement, and no
+    ORM compilation of three, is most of its cost. (Resource names are unique per
+    cluster without case, as the constraint on lower(name) says.)"""
+    through = Allocation.resources.through._meta.db_table
+    at_value = connection.ops.adapt_datetimefield_value(at)
+    columns = ", ".join(_columns(model, alias) for model, alias in _RESOLVED)
+    sql = f"""
+        SELECT {columns}, ids.user_id IS NOT NULL, ids.resource_id IS NOT NULL,
+               EXISTS (SELECT 1 FROM {through} ar
+                       WHERE ar.allocation_id = ids.allocation_id
+                         AND ar.resource_id = ids.resource_id)
+        FROM (SELECT
+            (SELECT id FROM allocations_allocation WHERE cluster_id = %s AND name = %s)
+                AS allocation_id,
+            (SELECT id FROM accounts_user WHERE username = %s) AS user_id,
+            (SELECT id FROM allocations_resource WHERE cluster_id = %s AND lower(name) = lower(%s))
+                AS resource_id
+        ) ids
+        LEFT JOIN allocations_allocation a ON a.id = ids.allocation_id
+        LEFT JOIN allocations_project p ON p.id = a.project_id
+        LEFT JOIN allocations_membership m
+            ON m.allocation_id = ids.allocation_id AND m.user_id = ids.user_id
+        LEFT JOIN accounts_user u ON u.id = m.user_id
+        LEFT JOIN allocations_rate rt ON rt.id = (
+            SELECT r.id FROM allocations_rate r
+            WHERE r.resource_id = ids.resource_id AND r.start <= %s
+              AND (r."end" IS NULL OR r."end" > %s)
+            ORDER BY r.start LIMIT 1)
+        LEFT JOIN allocations_resource rs ON rs.id = rt.resource_id
+    """  # noqa: S608 (table and column names from the models; values are parameters)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql, [cluster.pk, account, username, cluster.pk, resource_name, at_value, at_value]
         )
-        .filter(cluster=cluster, name=account)
-        .first()
-    )
+        row = list(cursor.fetchone())
+    user_known, resource_known, has_resource = row[-3:]
+    objects, i = {}, 0
+    for model, _ in _RESOLVED:
+        n = len(_fields(model))
+        values = row[i : i + n]
+        objects[model] = None if values[0] is None else _instance(model, values)
+        i += n
+    allocation, membership, rate = objects[Allocation], objects[Membership], objects[Rate]
     if allocation is None:
         return Admission(False, Reason.UNKNOWN_ALLOCATION)
-    membership = (
-        Membership.objects.select_related("user")
-        .filter(allocation=allocation, user__username=username)
-        .first()
-    )
+    allocation.project = objects[Project]
+    allocation.has_resource = bool(has_resource)
     if membership is None:
-        known = User.objects.filter(username=username).exists()
-        reason = Reason.NOT_A_MEMBER if known else Reason.UNKNOWN_USER
+        reason = Reason.NOT_A_MEMBER if user_known else Reason.UNKNOWN_USER
         return Admission(False, reason, allocation=allocation)
-    rate = (
-        Rate.objects.select_related("resource")
-        .filter(resource__cluster=cluster, resource__name__iexact=resource_name, start__lte=at)
-        .filter(Q(end__isnull=True) | Q(end__gt=at))
-        .first()
-    )
+    membership.user = objects[User]
     if rate is None:
-        known = Resource.objects.filter(cluster=cluster, name__iexact=resource_name).exists()
-        reason = Reason.NO_RATE if known else Reason.UNKNOWN_RESOURCE
+        reason = Reason.NO_RATE if resource_known else Reason.UNKNOWN_RESOURCE
         return Admission(False, reason, allocation=allocation, membership=membership)
+    rate.resource = objects[Resource]
     return Admission(
         True, None, allocation=allocation, membership=membership, resource=rate.resource, rate=rate
     )
