@@ -15,6 +15,7 @@ from django.db.models import F
 from django.test import override_settings
 
 from accounts.models import Organization, User
+from accounts.roles import CLUSTER_ADMINS_GROUP
 from allocations.demo.scenario import (
     ADMIN_PASSWORD,
     DEMO_PASSWORD,
@@ -162,6 +163,10 @@ class TestLoadDemo:
         for cluster in Cluster.objects.all():
             assert cluster.admins.exists()
             assert cluster.su_capacity_per_month > 0
+            # The admin site opens for them, as README's Roles describe a cluster admin.
+            for admin in cluster.admins.all():
+                assert admin.is_staff and not admin.is_superuser
+                assert admin.groups.filter(name=CLUSTER_ADMINS_GROUP).exists()
 
     def test_it_changes_rates_in_the_middle_of_the_period(self, demo):
         for name in ("CPU", "GPU H200"):

@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Organization, User
+from accounts.roles import cluster_admins_group
 from accounts.services import organization_create, user_create
 from allocations import notifications, services
 from allocations.demo import scenario
@@ -231,7 +232,16 @@ class _Builder:
             )
             cluster.full_clean()
             cluster.save()
-            cluster.admins.set([self.users[u] for u in spec.admins])
+            admins = [self.users[u] for u in spec.admins]
+            cluster.admins.set(admins)
+            # As README's Roles say a cluster admin is set up: the admin site opens
+            # for them (is_staff and the group), showing their clusters' rows alone.
+            group = cluster_admins_group()
+            for admin in admins:
+                if not admin.is_staff:
+                    admin.is_staff = True
+                    admin.save(update_fields=["is_staff"])
+                admin.groups.add(group)
             for r in spec.resources:
                 resource = Resource(
                     cluster=cluster, name=r.name, kind=r.kind, unit=r.unit, amount=r.amount
