@@ -159,24 +159,27 @@ class TestQueryCounts:
         return make
 
     @pytest.mark.parametrize(
-        ("chart", "queries"),
+        ("who", "chart", "queries"),
         [
-            # session, user, the allocation (with project, PI and cluster), the diffs, the
-            # daily usage for the figure, and the last 28 days' for the forecast.
-            ("charts/burndown", 6),
-            # session, user, allocation, the rollups by member (alice is the PI, which
-            # the allocation row says without a query).
-            ("charts/members", 4),
+            # session, user, the allocation (with what the viewer may see of it), the
+            # diffs, and the daily usage (for the figure and the forecast's window).
+            ("alice", "charts/burndown", 5),
+            # session, user, allocation, the rollups by member.
+            ("alice", "charts/members", 4),
+            # The same for a plain member and for the cluster's admin: the allocation
+            # row says what they may see, without a query of its own.
+            ("bob", "charts/members", 4),
+            ("dana", "charts/members", 4),
             # session, user, allocation, rollups by resource.
-            ("charts/resources", 4),
+            ("alice", "charts/resources", 4),
             # session, user, allocation, the last 28 days' usage.
-            ("forecast", 4),
+            ("alice", "forecast", 4),
         ],
     )
     def test_it_costs_the_same_for_2_or_200_rows(
-        self, rollups, allocation, alice, chart, queries, django_assert_num_queries
+        self, request, rollups, allocation, who, chart, queries, django_assert_num_queries
     ):
-        client = client_for(alice)
+        client = client_for(request.getfixturevalue(who))
         for n in (2, 200):
             rollups(n)
             with django_assert_num_queries(queries):
