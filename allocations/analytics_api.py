@@ -245,10 +245,14 @@ class ProjectChartViewSet(viewsets.GenericViewSet):
     lookup_field = "code"
     lookup_value_converter = "uuid"
 
-    def get_queryset(self):
+    def get_object(self) -> Project:
         if isinstance(self.request.auth, ApiToken):
-            return Project.objects.none()
-        return selectors.project_list_for(user=self.request.user)
+            raise Http404  # an importer token sees no projects
+        project = selectors.project_for_viewer(user=self.request.user, code=self.kwargs["code"])
+        if project is None:
+            raise Http404
+        self.check_object_permissions(self.request, project)
+        return project
 
     @extend_schema(responses={200: FigureSerializer})
     @action(detail=True, methods=["get"], url_path="charts/overview")
@@ -257,9 +261,9 @@ class ProjectChartViewSet(viewsets.GenericViewSet):
         project = self.get_object()
         rows = [
             (f"{a.name} ({a.cluster.name})", a.su_budget, a.su_used, a.su_held)
-            for a in selectors.allocation_list_for(user=request.user)
-            .filter(project=project)
-            .order_by("cluster__name", "name")
+            for a in selectors.project_allocations_for(user=request.user, project=project).order_by(
+                "cluster__name", "name"
+            )
         ]
         figure = charts.project_overview_figure(
             title=f"{project.title}: allocations", allocations=rows

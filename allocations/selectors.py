@@ -156,6 +156,53 @@ def allocation_for_viewer(*, user: User, code: uuid.UUID) -> Allocation | None:
     return None
 
 
+# project_list_for's rule for one project, as allocation_for_viewer does it for an
+# allocation (tests/allocations/test_allocation_for_viewer.py holds it to that rule).
+_PROJECT_FOR_VIEWER_SQL = """
+SELECT p.*,
+    (p.pi_id = %(user)s OR EXISTS (
+        SELECT 1 FROM allocations_project_managers m
+        WHERE m.project_id = p.id AND m.user_id = %(user)s)) AS viewer_manages,
+    EXISTS (
+        SELECT 1 FROM allocations_membership ms
+        JOIN allocations_allocation a ON a.id = ms.allocation_id
+        WHERE a.project_id = p.id AND ms.user_id = %(user)s
+            AND ms.status IN (%(active)s, %(inactive)s)) AS viewer_member
+FROM allocations_project p
+WHERE p.code = %(code)s
+"""
+
+
+def project_for_viewer(*, user: User, code: uuid.UUID) -> Project | None:
+    """The project with this code if project_list_for(user) holds it, else None; with
+    viewer_manages (PI, manager or superuser)."""
+    if user.is_superuser:
+        project = Project.objects.filter(code=code).order_by().first()
+        if project is not None:
+            project.viewer_manages = True
+        return project
+    params = {
+        "user": user.pk,
+        "code": Project._meta.get_field("code").get_db_prep_value(code, connection),
+        "active": str(_VISIBLE_MEMBERSHIP[0]),
+        "inactive": str(_VISIBLE_MEMBERSHIP[1]),
+    }
+    for project in Project.objects.raw(_PROJECT_FOR_VIEWER_SQL, params):
+        project.viewer_manages = bool(project.viewer_manages)
+        if project.viewer_manages or project.viewer_member:
+            return project
+    return None
+
+
+def project_allocations_for(*, user: User, project: Project) -> QuerySet[Allocation]:
+    """The project's allocations that allocation_list_for(user) holds. The project's
+    PI and managers (project_for_viewer's viewer_manages) see them all, without the
+    joins and DISTINCT of the general rule."""
+    if getattr(project, "viewer_manages", False):
+        return Allocation.objects.filter(project=project).select_related("cluster")
+    return allocation_list_for(user=user).filter(project=project)
+
+
 def pending_requests_for_admin(*, user: User) -> QuerySet[ChangeRequest]:
     """The admin queue: pending requests on the user's clusters, by priority then age."""
     qs = ChangeRequest.objects.filter(state=ChangeRequest.State.PENDING).select_related(

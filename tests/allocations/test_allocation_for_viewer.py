@@ -86,3 +86,58 @@ class TestAllocationForViewer:
 
         assert selectors.allocation_for_viewer(user=charlie, code=allocation.code) is None
         assert selectors.allocation_for_viewer(user=charlie, code=request.allocation.code)
+
+
+class TestProjectForViewer:
+    @pytest.mark.parametrize(
+        ("who", "manages"), [("alice", True), ("erin", True), ("bob", False), ("staff", True)]
+    )
+    def test_it_finds_the_project_for_whoever_may_see_it(
+        self, request, allocation, erin, who, manages
+    ):
+        user = request.getfixturevalue(who)
+
+        found = selectors.project_for_viewer(user=user, code=allocation.project.code)
+
+        assert found == allocation.project
+        assert found.viewer_manages is manages
+        assert allocation.project in selectors.project_list_for(user=user)
+
+    @pytest.mark.parametrize("who", ["charlie", "dana"])
+    def test_it_finds_nothing_for_an_outsider_or_the_clusters_admin(self, request, allocation, who):
+        # As in project_list_for, administering a cluster shows its allocations, not
+        # the projects they belong to.
+        user = request.getfixturevalue(who)
+
+        assert selectors.project_for_viewer(user=user, code=allocation.project.code) is None
+        assert allocation.project not in selectors.project_list_for(user=user)
+
+    def test_a_removed_member_no_longer_sees_it(self, allocation, bob):
+        set_status(allocation, bob, Status.DELETED)
+
+        assert selectors.project_for_viewer(user=bob, code=allocation.project.code) is None
+        assert allocation.project not in selectors.project_list_for(user=bob)
+
+    def test_its_allocations_are_those_the_viewer_may_see(
+        self, allocation, alice, bob, cluster, gpu
+    ):
+        request = services.allocation_request_create(
+            actor=alice,
+            project=allocation.project,
+            cluster=cluster,
+            name="second",
+            resources=[gpu],
+            su_amount="10",
+            start=allocation.start,
+            end=allocation.end,
+            justification="More runs",
+        )
+        services.change_request_approve(actor=cluster.admins.get(), request=request)
+
+        for user, expected in [(alice, {allocation, request.allocation}), (bob, {allocation})]:
+            project = selectors.project_for_viewer(user=user, code=allocation.project.code)
+            listed = set(selectors.project_allocations_for(user=user, project=project))
+            assert listed == expected
+            assert listed == set(
+                selectors.allocation_list_for(user=user).filter(project=allocation.project)
+            )

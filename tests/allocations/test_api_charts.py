@@ -186,6 +186,31 @@ class TestQueryCounts:
                 response = client.get(f"/api/v1/allocations/{allocation.code}/{chart}/")
             assert response.status_code == 200
 
+    def test_the_project_overview_costs_the_same_for_1_or_3_allocations(
+        self, allocation, alice, cluster, gpu, django_assert_num_queries
+    ):
+        client = client_for(alice)
+        path = f"/api/v1/projects/{allocation.project.code}/charts/overview/"
+        for name in ("", "second", "third"):
+            if name:
+                request = services.allocation_request_create(
+                    actor=alice,
+                    project=allocation.project,
+                    cluster=cluster,
+                    name=name,
+                    resources=[gpu],
+                    su_amount="10",
+                    start=allocation.start,
+                    end=allocation.end,
+                    justification="More runs",
+                )
+                services.change_request_approve(actor=cluster.admins.get(), request=request)
+            # session, user, the project (with whether alice manages it), its
+            # allocations with their clusters.
+            with django_assert_num_queries(4):
+                response = client.get(path)
+            assert response.status_code == 200
+
 
 class TestAlertThresholds:
     def path(self, allocation):
