@@ -183,11 +183,20 @@ class AllocationChartViewSet(viewsets.GenericViewSet):
         allocation = self.get_object()
         start, end = _date_range(request, allocation.start, allocation.end)
         sees_all = allocation.viewer_manages or allocation.viewer_administers
-        rows = selectors.usage_by_member_day(
-            allocation=allocation, start=start, end=end, viewer=None if sees_all else request.user
+        bucket = charts.bucket_for(start, end)
+        rows = selectors.usage_by_member_period(
+            allocation=allocation,
+            start=start,
+            end=end,
+            bucket=bucket,
+            viewer=None if sees_all else request.user,
         )
         figure = charts.stacked_usage_figure(
-            title=f"{allocation.name}: SUs by member", rows=rows, start=start, end=end
+            title=f"{allocation.name}: SUs by member",
+            rows=rows,
+            start=start,
+            end=end,
+            bucket=bucket,
         )
         return _figure(figure, start, end)
 
@@ -197,9 +206,16 @@ class AllocationChartViewSet(viewsets.GenericViewSet):
         """SUs used per resource over time."""
         allocation = self.get_object()
         start, end = _date_range(request, allocation.start, allocation.end)
-        rows = selectors.usage_by_resource_day(allocation=allocation, start=start, end=end)
+        bucket = charts.bucket_for(start, end)
+        rows = selectors.usage_by_resource_period(
+            allocation=allocation, start=start, end=end, bucket=bucket
+        )
         figure = charts.stacked_usage_figure(
-            title=f"{allocation.name}: SUs by resource", rows=rows, start=start, end=end
+            title=f"{allocation.name}: SUs by resource",
+            rows=rows,
+            start=start,
+            end=end,
+            bucket=bucket,
         )
         return _figure(figure, start, end)
 

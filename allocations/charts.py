@@ -177,11 +177,15 @@ def stacked_usage_figure(
     bucket: str | None = None,
 ) -> dict:
     """Stacked bars of SUs per label (a member, a resource, a project) per day, week or
-    month; rows are (label, day, SUs). The biggest series is drawn at the bottom."""
+    month; rows are (label, day, SUs), where the day may already be its period's first
+    day (a reader that sums by period, for fewer rows). The biggest series is drawn at
+    the bottom."""
     bucket = bucket or bucket_for(start, end)
+    # A period that began before `start` still shows the days of it that are in range.
+    first = bucket_start(start, bucket)
     totals: dict[str, dict[dt.date, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for label, day, su in rows:
-        if start <= day <= end:
+        if first <= day <= end:
             totals[label][bucket_start(day, bucket)] += su
     periods = sorted({p for series in totals.values() for p in series})
     order = sorted(totals, key=lambda label: (-sum(totals[label].values()), label))

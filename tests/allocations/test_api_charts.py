@@ -130,6 +130,51 @@ class TestCharts:
         assert body["unused_su"] == "969"
         assert "about 969 SUs will likely go unused by 2026-12-31" in body["recommendation"]
 
+    @pytest.mark.parametrize(
+        ("query", "bucket", "x", "by_member"),
+        [
+            # A year is drawn by week: Sunday Mar 1 is in the week of Monday Feb 23.
+            ("", "week", ["2026-02-23", "2026-03-02"], {"bob": [20, 0], "alice": [0, 11]}),
+            (
+                "?start=2025-01-01&end=2027-12-31",
+                "month",
+                ["2026-03-01"],
+                {"bob": [20], "alice": [11]},
+            ),
+            # A range from mid-week shows the days of the week that are in it.
+            (
+                "?start=2026-02-25&end=2026-09-30",
+                "week",
+                ["2026-02-23", "2026-03-02"],
+                {"bob": [20, 0], "alice": [0, 11]},
+            ),
+            ("?start=2026-03-02&end=2026-03-31", "day", ["2026-03-02"], {"alice": [11]}),
+        ],
+        ids=["year-by-week", "three-years-by-month", "from-mid-week", "a-month-by-day"],
+    )
+    def test_the_database_sums_by_the_period_the_chart_draws(
+        self, charged, alice, query, bucket, x, by_member
+    ):
+        figure = client_for(alice).get(url(charged, "members") + query).json()["figure"]
+
+        assert figure["layout"]["title"]["text"].endswith(f"(per {bucket})")
+        assert all(t["x"] == x for t in figure["data"])
+        assert {t["name"]: t["y"] for t in figure["data"]} == by_member
+
+    def test_sums_of_fractions_stay_exact(self, allocation, alice, cpu):
+        services.usage_record_batch(
+            cluster=allocation.cluster,
+            records=[
+                usage(allocation, alice, cpu, "f1", 10, MAR1),  # 0.1 SU
+                usage(allocation, alice, cpu, "f2", 20, MAR1),  # 0.2 SU
+            ],
+        )
+        rollups_refresh_all()
+
+        body = client_for(alice).get(url(allocation, "resources")).json()
+
+        assert [(t["name"], t["y"]) for t in body["figure"]["data"]] == [("CPU", [0.3])]
+
     def test_the_charts_read_the_rollups_not_the_usage(self, charged, alice):
         UsageDaily.objects.all().delete()
         figure = client_for(alice).get(url(charged, "burndown")).json()["figure"]
