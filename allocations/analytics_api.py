@@ -162,14 +162,14 @@ class AllocationChartViewSet(viewsets.GenericViewSet):
         # One read serves the figure (from the start to `end`) and the forecast (its
         # window ends today, or on the allocation's end if that came first).
         forecast_end = min(_today(), allocation.end)
-        daily_used = selectors.rollup_usage_by_day(
+        budget_steps, daily_used = selectors.burndown_series(
             allocation=allocation, start=allocation.start, end=max(end, forecast_end)
         )
         figure = charts.burndown_figure(
             title=f"{allocation.name}: SUs remaining",
             start=start,
             end=end,
-            budget_steps=selectors.budget_diffs(allocation=allocation),
+            budget_steps=budget_steps,
             daily_used=[(day, su) for day, su in daily_used if day <= end],
             forecast=self._forecast(allocation, daily_used),
         )
