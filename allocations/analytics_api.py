@@ -275,11 +275,15 @@ class ProjectChartViewSet(viewsets.GenericViewSet):
     def overview(self, request, code=None):
         """Each allocation of the project the caller may see: used, held, remaining."""
         project = self.get_object()
+        allocations = (
+            selectors.project_allocations_for(user=request.user, project=project)
+            .order_by("cluster__name", "name")
+            # Plain values: the figure needs five of them, not model instances.
+            .values_list("pk", "name", "cluster__name", "su_budget", "su_used", "su_held")
+        )
         rows = [
-            (f"{a.name} ({a.cluster.name})", a.su_budget, a.su_used, a.su_held)
-            for a in selectors.project_allocations_for(user=request.user, project=project).order_by(
-                "cluster__name", "name"
-            )
+            (f"{name} ({cluster})", budget, used, held)
+            for _, name, cluster, budget, used, held in allocations
         ]
         figure = charts.project_overview_figure(
             title=f"{project.title}: allocations", allocations=rows
