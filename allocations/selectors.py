@@ -113,7 +113,7 @@ def allocation_list_for(*, user: User) -> QuerySet[Allocation]:
 # allocation_list_for's rule for one allocation, as EXISTS tests on its row: one indexed
 # lookup, no DISTINCT over joined rows. Written as SQL because the chart endpoints run it
 # on every request, and building the same query through the ORM costs several times
-# what PostgreSQL takes to answer it. tests/allocations/test_selectors_viewer.py holds it
+# what PostgreSQL takes to answer it. tests/allocations/test_allocation_for_viewer.py holds it
 # to allocation_list_for.
 _ALLOCATION_FOR_VIEWER_SQL = """
 SELECT a.*,
