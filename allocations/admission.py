@@ -185,6 +185,9 @@ def _resolve(
             )
         )
         .filter(cluster=cluster, name=account)
+        # At most one row ((cluster, name) and (allocation, user) are unique): without
+        # the models' default ordering, neither lookup joins tables only to sort it.
+        .order_by()
         .first()
     )
     if allocation is None:
@@ -192,6 +195,7 @@ def _resolve(
     membership = (
         Membership.objects.select_related("user")
         .filter(allocation=allocation, user__username=username)
+        .order_by()
         .first()
     )
     if membership is None:
