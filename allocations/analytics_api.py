@@ -7,6 +7,7 @@ of queries whatever the number of usage records (tests/allocations/test_api_char
 
 import datetime as dt
 
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -23,32 +24,38 @@ from allocations.models import Allocation, Cluster, Project
 MAX_RANGE_DAYS = 3 * 366
 
 
+def _check_range(start: dt.date, end: dt.date) -> None:
+    if end < start:
+        raise serializers.ValidationError(
+            {"end": [f"The end ({end}) is before the start ({start})."]}
+        )
+    if (end - start).days >= MAX_RANGE_DAYS:
+        raise serializers.ValidationError(
+            {"end": [f"Ask for at most {MAX_RANGE_DAYS} days at a time."]}
+        )
+
+
 class DateRangeSerializer(serializers.Serializer):
     start = serializers.DateField(required=False, help_text="First day (YYYY-MM-DD).")
     end = serializers.DateField(required=False, help_text="Last day, inclusive (YYYY-MM-DD).")
 
     def validate(self, attrs):
-        start, end = attrs.get("start"), attrs.get("end")
-        if start and end:
-            if end < start:
-                raise serializers.ValidationError(
-                    {"end": f"The end ({end}) is before the start ({start})."}
-                )
-            if (end - start).days >= MAX_RANGE_DAYS:
-                raise serializers.ValidationError(
-                    {"end": f"Ask for at most {MAX_RANGE_DAYS} days at a time."}
-                )
+        if attrs.get("start") and attrs.get("end"):
+            _check_range(attrs["start"], attrs["end"])
         return attrs
 
 
 def _date_range(request, default_start: dt.date, default_end: dt.date) -> tuple[dt.date, dt.date]:
     """The range asked for in ?start=&end=, each defaulting to the object's own dates."""
-    query = DateRangeSerializer(data=request.query_params)
-    query.is_valid(raise_exception=True)
-    start = query.validated_data.get("start", default_start)
-    end = query.validated_data.get("end", default_end)
+    start, end = default_start, default_end
+    # Without a query string there is nothing to parse: the serializer would only say so.
+    if request.query_params:
+        query = DateRangeSerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        start = query.validated_data.get("start", default_start)
+        end = query.validated_data.get("end", default_end)
     # Checked again with the defaults filled in: ?end= alone may fall before the start.
-    DateRangeSerializer(data={"start": start, "end": end}).is_valid(raise_exception=True)
+    _check_range(start, end)
     return start, end
 
 
@@ -106,18 +113,39 @@ class AllocationChartViewSet(viewsets.GenericViewSet):
     lookup_field = "code"
     lookup_value_converter = "uuid"
 
-    def get_queryset(self):
+    def get_object(self) -> Allocation:
+        """The allocation if the caller may see it (else 404), in one query, with
+        viewer_manages and viewer_administers saying how much of it they see."""
+        code = self.kwargs["code"]
         if isinstance(self.request.auth, ApiToken):
-            return selectors.allocation_list_for_cluster(cluster=self.request.auth.cluster)
-        return selectors.allocation_list_for(user=self.request.user)
+            # An importer token sees all of its cluster's allocations.
+            allocation = (
+                selectors.allocation_list_for_cluster(cluster=self.request.auth.cluster)
+                .filter(code=code)
+                .first()
+            )
+            if allocation is not None:
+                allocation.viewer_manages = allocation.viewer_administers = True
+        else:
+            allocation = selectors.allocation_for_viewer(user=self.request.user, code=code)
+        if allocation is None:
+            raise Http404
+        self.check_object_permissions(self.request, allocation)
+        return allocation
 
-    def _forecast(self, allocation: Allocation) -> forecasts.Forecast:
+    def _forecast(
+        self, allocation: Allocation, points: list[tuple] | None = None
+    ) -> forecasts.Forecast:
+        """The forecast, from `points` when the caller already read the days it needs
+        (from the allocation's start to today or its end), else from one query."""
         today = _today()
-        window_start = today - dt.timedelta(days=forecasts.RATE_WINDOW_DAYS)
-        return forecasts.forecast(
-            points=selectors.rollup_usage_by_day(
+        if points is None:
+            window_start = today - dt.timedelta(days=forecasts.RATE_WINDOW_DAYS)
+            points = selectors.rollup_usage_by_day(
                 allocation=allocation, start=window_start, end=today
-            ),
+            )
+        return forecasts.forecast(
+            points=points,
             start=allocation.start,
             end=allocation.end,
             budget=allocation.su_budget,
@@ -131,15 +159,19 @@ class AllocationChartViewSet(viewsets.GenericViewSet):
         """Remaining SUs against the ideal linear burn, with the projected exhaustion."""
         allocation = self.get_object()
         start, end = _date_range(request, allocation.start, allocation.end)
+        # One read serves the figure (from the start to `end`) and the forecast (its
+        # window ends today, or on the allocation's end if that came first).
+        forecast_end = min(_today(), allocation.end)
+        budget_steps, daily_used = selectors.burndown_series(
+            allocation=allocation, start=allocation.start, end=max(end, forecast_end)
+        )
         figure = charts.burndown_figure(
             title=f"{allocation.name}: SUs remaining",
             start=start,
             end=end,
-            budget_steps=selectors.budget_diffs(allocation=allocation),
-            daily_used=selectors.rollup_usage_by_day(
-                allocation=allocation, start=allocation.start, end=end
-            ),
-            forecast=self._forecast(allocation),
+            budget_steps=budget_steps,
+            daily_used=[(day, su) for day, su in daily_used if day <= end],
+            forecast=self._forecast(allocation, daily_used),
         )
         return _figure(figure, start, end)
 
@@ -150,15 +182,21 @@ class AllocationChartViewSet(viewsets.GenericViewSet):
         rest as "Other members"; the PI, managers and cluster admins see everyone."""
         allocation = self.get_object()
         start, end = _date_range(request, allocation.start, allocation.end)
-        sees_all = isinstance(request.auth, ApiToken) or (
-            selectors.user_manages_project(user=request.user, project=allocation.project)
-            or selectors.user_administers_cluster(user=request.user, cluster=allocation.cluster)
-        )
-        rows = selectors.usage_by_member_day(
-            allocation=allocation, start=start, end=end, viewer=None if sees_all else request.user
+        sees_all = allocation.viewer_manages or allocation.viewer_administers
+        bucket = charts.bucket_for(start, end)
+        rows = selectors.usage_by_member_period(
+            allocation=allocation,
+            start=start,
+            end=end,
+            bucket=bucket,
+            viewer=None if sees_all else request.user,
         )
         figure = charts.stacked_usage_figure(
-            title=f"{allocation.name}: SUs by member", rows=rows, start=start, end=end
+            title=f"{allocation.name}: SUs by member",
+            rows=rows,
+            start=start,
+            end=end,
+            bucket=bucket,
         )
         return _figure(figure, start, end)
 
@@ -168,9 +206,16 @@ class AllocationChartViewSet(viewsets.GenericViewSet):
         """SUs used per resource over time."""
         allocation = self.get_object()
         start, end = _date_range(request, allocation.start, allocation.end)
-        rows = selectors.usage_by_resource_day(allocation=allocation, start=start, end=end)
+        bucket = charts.bucket_for(start, end)
+        rows = selectors.usage_by_resource_period(
+            allocation=allocation, start=start, end=end, bucket=bucket
+        )
         figure = charts.stacked_usage_figure(
-            title=f"{allocation.name}: SUs by resource", rows=rows, start=start, end=end
+            title=f"{allocation.name}: SUs by resource",
+            rows=rows,
+            start=start,
+            end=end,
+            bucket=bucket,
         )
         return _figure(figure, start, end)
 
@@ -216,21 +261,29 @@ class ProjectChartViewSet(viewsets.GenericViewSet):
     lookup_field = "code"
     lookup_value_converter = "uuid"
 
-    def get_queryset(self):
+    def get_object(self) -> Project:
         if isinstance(self.request.auth, ApiToken):
-            return Project.objects.none()
-        return selectors.project_list_for(user=self.request.user)
+            raise Http404  # an importer token sees no projects
+        project = selectors.project_for_viewer(user=self.request.user, code=self.kwargs["code"])
+        if project is None:
+            raise Http404
+        self.check_object_permissions(self.request, project)
+        return project
 
     @extend_schema(responses={200: FigureSerializer})
     @action(detail=True, methods=["get"], url_path="charts/overview")
     def overview(self, request, code=None):
         """Each allocation of the project the caller may see: used, held, remaining."""
         project = self.get_object()
-        rows = [
-            (f"{a.name} ({a.cluster.name})", a.su_budget, a.su_used, a.su_held)
-            for a in selectors.allocation_list_for(user=request.user)
-            .filter(project=project)
+        allocations = (
+            selectors.project_allocations_for(user=request.user, project=project)
             .order_by("cluster__name", "name")
+            # Plain values: the figure needs five of them, not model instances.
+            .values_list("pk", "name", "cluster__name", "su_budget", "su_used", "su_held")
+        )
+        rows = [
+            (f"{name} ({cluster})", budget, used, held)
+            for _, name, cluster, budget, used, held in allocations
         ]
         figure = charts.project_overview_figure(
             title=f"{project.title}: allocations", allocations=rows

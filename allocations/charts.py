@@ -93,12 +93,14 @@ def burndown_figure(
         if day < start:
             current_budget = amount
     used = sum((su for day, su in used_on.items() if day < start), Decimal(0))
+    zero = Decimal(0)
     day = start
     while day <= last:
         current_budget = budget_on.get(day, current_budget)
-        used += used_on.get(day, Decimal(0))
+        used += used_on.get(day, zero)
         days.append(day.isoformat())
-        remaining.append(_num(current_budget - used))
+        # Exact to here; a chart point only has to look right, so it leaves as a float.
+        remaining.append(float(current_budget - used))
         day += ONE_DAY
     data = [
         {
@@ -177,13 +179,22 @@ def stacked_usage_figure(
     bucket: str | None = None,
 ) -> dict:
     """Stacked bars of SUs per label (a member, a resource, a project) per day, week or
-    month; rows are (label, day, SUs). The biggest series is drawn at the bottom."""
+    month; rows are (label, day, SUs), where the day may already be its period's first
+    day (a reader that sums by period, for fewer rows). The biggest series is drawn at
+    the bottom."""
     bucket = bucket or bucket_for(start, end)
+    # A period that began before `start` still shows the days of it that are in range.
+    first = bucket_start(start, bucket)
     totals: dict[str, dict[dt.date, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    period_of: dict[dt.date, dt.date] = {}  # each day's period, worked out once
     for label, day, su in rows:
-        if start <= day <= end:
-            totals[label][bucket_start(day, bucket)] += su
+        if first <= day <= end:
+            period = period_of.get(day)
+            if period is None:
+                period = period_of[day] = bucket_start(day, bucket)
+            totals[label][period] += su
     periods = sorted({p for series in totals.values() for p in series})
+    x = [p.isoformat() for p in periods]
     order = sorted(totals, key=lambda label: (-sum(totals[label].values()), label))
     # "Other members" stands for people the viewer may not see one by one: drawn last.
     order.sort(key=lambda label: label == OTHERS)
@@ -191,8 +202,8 @@ def stacked_usage_figure(
         {
             "type": "bar",
             "name": label,
-            "x": [p.isoformat() for p in periods],
-            "y": [_num(totals[label].get(p, Decimal(0))) for p in periods],
+            "x": list(x),
+            "y": [float(totals[label].get(p, 0)) for p in periods],
             "marker": {"color": COLORS[i % len(COLORS)]},
         }
         for i, label in enumerate(order)

@@ -1140,6 +1140,15 @@ class UsageDaily(models.Model):
         indexes = [
             # Cluster charts: usage of a cluster's allocations by day.
             models.Index(fields=["day", "allocation"], name="alloc_usagedaily_day"),
+            # Allocation charts (selectors.rollup_usage_by_day, usage_by_*_day): an
+            # index-only scan of one allocation's days. The rows of an allocation are
+            # scattered over the table as days are written, so reading su from the heap
+            # cost a page per row.
+            models.Index(
+                fields=["allocation", "day"],
+                include=["user", "resource", "su"],
+                name="alloc_usagedaily_charts",
+            ),
         ]
         constraints = [
             # Leads with (allocation, day): the burn-down and member charts' range scan.

@@ -3,12 +3,14 @@
 import csv
 import datetime as dt
 import math
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from django.db import connection
 from django.db.models import (
     Count,
     Exists,
@@ -23,8 +25,10 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce, TruncDate, TruncMonth
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from accounts.models import ApiToken, User
+from allocations.conversion import SU_QUANTUM
 from allocations.models import (
     Allocation,
     AllocationChange,
@@ -104,6 +108,101 @@ def allocation_list_for(*, user: User) -> QuerySet[Allocation]:
         | Q(memberships__user=user, memberships__status__in=_VISIBLE_MEMBERSHIP)
         | Q(cluster__admins=user)
     ).distinct()
+
+
+# allocation_list_for's rule for one allocation, as EXISTS tests on its row: one indexed
+# lookup, no DISTINCT over joined rows. Written as SQL because the chart endpoints run it
+# on every request, and building the same query through the ORM costs several times
+# what PostgreSQL takes to answer it. tests/allocations/test_allocation_for_viewer.py holds it
+# to allocation_list_for.
+_ALLOCATION_FOR_VIEWER_SQL = """
+SELECT a.*,
+    (p.pi_id = %(user)s OR EXISTS (
+        SELECT 1 FROM allocations_project_managers m
+        WHERE m.project_id = a.project_id AND m.user_id = %(user)s)) AS viewer_manages,
+    EXISTS (
+        SELECT 1 FROM allocations_cluster_admins c
+        WHERE c.cluster_id = a.cluster_id AND c.user_id = %(user)s) AS viewer_administers,
+    EXISTS (
+        SELECT 1 FROM allocations_membership ms
+        WHERE ms.allocation_id = a.id AND ms.user_id = %(user)s
+            AND ms.status IN (%(active)s, %(inactive)s)) AS viewer_member
+FROM allocations_allocation a JOIN allocations_project p ON p.id = a.project_id
+WHERE a.code = %(code)s
+"""
+
+
+def allocation_for_viewer(*, user: User, code: uuid.UUID) -> Allocation | None:
+    """The allocation with this code if allocation_list_for(user) holds it, else None.
+
+    It carries viewer_manages (PI, manager or superuser) and viewer_administers (admin
+    of its cluster, or superuser), so callers need no further query to know what the
+    viewer may see of it."""
+    if user.is_superuser:
+        allocation = Allocation.objects.filter(code=code).order_by().first()
+        if allocation is not None:
+            allocation.viewer_manages = allocation.viewer_administers = True
+        return allocation
+    params = {
+        "user": user.pk,
+        "code": Allocation._meta.get_field("code").get_db_prep_value(code, connection),
+        "active": str(_VISIBLE_MEMBERSHIP[0]),
+        "inactive": str(_VISIBLE_MEMBERSHIP[1]),
+    }
+    for allocation in Allocation.objects.raw(_ALLOCATION_FOR_VIEWER_SQL, params):
+        # SQLite answers the tests with 0 and 1.
+        allocation.viewer_manages = bool(allocation.viewer_manages)
+        allocation.viewer_administers = bool(allocation.viewer_administers)
+        if allocation.viewer_manages or allocation.viewer_administers or allocation.viewer_member:
+            return allocation
+    return None
+
+
+# project_list_for's rule for one project, as allocation_for_viewer does it for an
+# allocation (tests/allocations/test_allocation_for_viewer.py holds it to that rule).
+_PROJECT_FOR_VIEWER_SQL = """
+SELECT p.*,
+    (p.pi_id = %(user)s OR EXISTS (
+        SELECT 1 FROM allocations_project_managers m
+        WHERE m.project_id = p.id AND m.user_id = %(user)s)) AS viewer_manages,
+    EXISTS (
+        SELECT 1 FROM allocations_membership ms
+        JOIN allocations_allocation a ON a.id = ms.allocation_id
+        WHERE a.project_id = p.id AND ms.user_id = %(user)s
+            AND ms.status IN (%(active)s, %(inactive)s)) AS viewer_member
+FROM allocations_project p
+WHERE p.code = %(code)s
+"""
+
+
+def project_for_viewer(*, user: User, code: uuid.UUID) -> Project | None:
+    """The project with this code if project_list_for(user) holds it, else None; with
+    viewer_manages (PI, manager or superuser)."""
+    if user.is_superuser:
+        project = Project.objects.filter(code=code).order_by().first()
+        if project is not None:
+            project.viewer_manages = True
+        return project
+    params = {
+        "user": user.pk,
+        "code": Project._meta.get_field("code").get_db_prep_value(code, connection),
+        "active": str(_VISIBLE_MEMBERSHIP[0]),
+        "inactive": str(_VISIBLE_MEMBERSHIP[1]),
+    }
+    for project in Project.objects.raw(_PROJECT_FOR_VIEWER_SQL, params):
+        project.viewer_manages = bool(project.viewer_manages)
+        if project.viewer_manages or project.viewer_member:
+            return project
+    return None
+
+
+def project_allocations_for(*, user: User, project: Project) -> QuerySet[Allocation]:
+    """The project's allocations that allocation_list_for(user) holds. The project's
+    PI and managers (project_for_viewer's viewer_manages) see them all, without the
+    joins and DISTINCT of the general rule."""
+    if getattr(project, "viewer_manages", False):
+        return Allocation.objects.filter(project=project).select_related("cluster")
+    return allocation_list_for(user=user).filter(project=project)
 
 
 def pending_requests_for_admin(*, user: User) -> QuerySet[ChangeRequest]:
@@ -646,44 +745,105 @@ def rates_on_cluster(*, cluster: Cluster) -> QuerySet[Rate]:
 # --- analytics: chart data, read from the daily rollups, never from the usage table -----
 
 
+# The allocation chart reads below are SQL of their own: built through the ORM, each
+# cost twice what PostgreSQL takes to answer it (query building, and a converter call
+# per value on rows that are already dates and Decimals), and the chart endpoints run
+# one or two on every request. Each sums in the database at the resolution the chart
+# draws, so a chart reads one row per day, week or month and member or resource.
+_PERIOD_SQL = {
+    # A date is truncated as a plain timestamp: as a timestamptz, which the bare date
+    # would become, every row goes through the session's time zone.
+    "postgresql": {
+        "week": "DATE_TRUNC('week', day::timestamp)::date",
+        "month": "DATE_TRUNC('month', day::timestamp)::date",
+    },
+    # Forward to the week's Sunday (or stay on it), then back to its Monday.
+    "sqlite": {"week": "date(day, 'weekday 0', '-6 days')", "month": "date(day, 'start of month')"},
+}
+
+_USAGE_BY_DAY_SQL = """
+SELECT day, SUM(su) FROM allocations_usagedaily
+WHERE allocation_id = %s AND day >= %s AND day <= %s
+GROUP BY day ORDER BY day
+"""
+
+# Named after grouping: joining the users first would read the whole user table (and
+# group by name) to name the handful who used the allocation.
+_USAGE_BY_MEMBER_SQL = """
+SELECT (SELECT username FROM accounts_user WHERE id = g.user_id), g.period, g.su FROM (
+    SELECT user_id, {period} AS period, SUM(su) AS su FROM allocations_usagedaily
+    WHERE allocation_id = %s AND day >= %s AND day <= %s
+    GROUP BY 1, 2
+) g
+"""
+
+_USAGE_BY_RESOURCE_SQL = """
+SELECT (SELECT name FROM allocations_resource WHERE id = g.resource_id), g.period, g.su FROM (
+    SELECT resource_id, {period} AS period, SUM(su) AS su FROM allocations_usagedaily
+    WHERE allocation_id = %s AND day >= %s AND day <= %s
+    GROUP BY 1, 2
+) g
+"""
+
+
+def _period_sql(bucket: str) -> str:
+    """The first day of the day, week (a Monday) or month holding `day`: the periods
+    charts.bucket_start draws."""
+    if bucket == "day":
+        return "day"
+    return _PERIOD_SQL[connection.vendor][bucket]
+
+
+def _usage_rows(sql: str, allocation: Allocation, start: dt.date, end: dt.date) -> list[tuple]:
+    """Rows ending in (day, SUs) as dates and Decimals on any database."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [allocation.pk, start, end])
+        rows = cursor.fetchall()
+    if connection.vendor == "postgresql":
+        return rows
+    # SQLite sums decimals as floats (rounded back to the SU column's places, as Django
+    # does) and gives computed dates as text.
+    return [
+        (
+            *head,
+            dt.date.fromisoformat(day) if isinstance(day, str) else day,
+            Decimal(su).quantize(SU_QUANTUM),
+        )
+        for *head, day, su in rows
+    ]
+
+
 def rollup_usage_by_day(*, allocation: Allocation, start: dt.date, end: dt.date) -> list[tuple]:
-    """(day, SUs) of an allocation; one grouped query on the rollups."""
-    return list(
-        UsageDaily.objects.filter(allocation=allocation, day__gte=start, day__lte=end)
-        .values("day")
-        .annotate(total=Sum("su"))
-        .order_by("day")
-        .values_list("day", "total")
-    )
+    """(day, SUs) of an allocation, in day order; one grouped query on the rollups."""
+    return _usage_rows(_USAGE_BY_DAY_SQL, allocation, start, end)
 
 
-def usage_by_member_day(
-    *, allocation: Allocation, start: dt.date, end: dt.date, viewer: User | None = None
+def usage_by_member_period(
+    *,
+    allocation: Allocation,
+    start: dt.date,
+    end: dt.date,
+    bucket: str = "day",
+    viewer: User | None = None,
 ) -> list[tuple]:
-    """(member, day, SUs). With a viewer who is a plain member, everyone else is one
-    "Other members" series: members see their own usage, not each colleague's."""
-    rows = (
-        UsageDaily.objects.filter(allocation=allocation, day__gte=start, day__lte=end)
-        .values("user__username", "day")
-        .annotate(total=Sum("su"))
-        .order_by("day", "user__username")
-        .values_list("user__username", "day", "total")
-    )
+    """(member, first day of the period, SUs), unordered. With a viewer who is a plain
+    member, everyone else is one "Other members" series: members see their own usage,
+    not each colleague's."""
+    sql = _USAGE_BY_MEMBER_SQL.format(period=_period_sql(bucket))
+    rows = _usage_rows(sql, allocation, start, end)
     if viewer is None:
-        return list(rows)
+        return rows
     from allocations.charts import OTHERS
 
-    return [(name if name == viewer.username else OTHERS, day, su) for name, day, su in rows]
+    return [(name if name == viewer.username else OTHERS, p, su) for name, p, su in rows]
 
 
-def usage_by_resource_day(*, allocation: Allocation, start: dt.date, end: dt.date) -> list[tuple]:
-    return list(
-        UsageDaily.objects.filter(allocation=allocation, day__gte=start, day__lte=end)
-        .values("resource__name", "day")
-        .annotate(total=Sum("su"))
-        .order_by("day", "resource__name")
-        .values_list("resource__name", "day", "total")
-    )
+def usage_by_resource_period(
+    *, allocation: Allocation, start: dt.date, end: dt.date, bucket: str = "day"
+) -> list[tuple]:
+    """(resource, first day of the period, SUs), unordered."""
+    sql = _USAGE_BY_RESOURCE_SQL.format(period=_period_sql(bucket))
+    return _usage_rows(sql, allocation, start, end)
 
 
 def budget_diffs(*, allocation: Allocation) -> list[tuple]:
@@ -694,6 +854,45 @@ def budget_diffs(*, allocation: Allocation) -> list[tuple]:
         .order_by("created", "id")
         .values_list("created", "su_budget")
     ]
+
+
+# The daily usage and the budget diffs in one round trip: the diffs are the rows with
+# a creation time, and a handful per allocation.
+_BURNDOWN_SQL = """
+SELECT day, SUM(su), NULL, NULL FROM allocations_usagedaily
+WHERE allocation_id = %(allocation)s AND day >= %(start)s AND day <= %(end)s
+GROUP BY day
+UNION ALL
+SELECT NULL, su_budget, created, id FROM allocations_allocationchange
+WHERE allocation_id = %(allocation)s
+"""
+
+
+def burndown_series(
+    *, allocation: Allocation, start: dt.date, end: dt.date
+) -> tuple[list[tuple], list[tuple]]:
+    """What the burn-down draws, in one query: budget_diffs(allocation) and
+    rollup_usage_by_day(allocation, start, end)."""
+    params = {"allocation": allocation.pk, "start": start, "end": end}
+    with connection.cursor() as cursor:
+        cursor.execute(_BURNDOWN_SQL, params)
+        rows = cursor.fetchall()
+    sqlite = connection.vendor != "postgresql"
+    used, diffs = [], []
+    for day, amount, created, pk in rows:
+        if sqlite:
+            # As in _usage_rows; the creation time comes as naive UTC text.
+            amount = Decimal(amount).quantize(SU_QUANTUM)
+            if created is not None:
+                created = parse_datetime(created).replace(tzinfo=dt.UTC)
+        if created is None:
+            used.append((day, amount))
+        else:
+            diffs.append((created, pk, amount))
+    used.sort()
+    diffs.sort()
+    steps = [(created.astimezone(dt.UTC).date(), budget) for created, _, budget in diffs]
+    return steps, used
 
 
 def cluster_usage_by_project_month(*, cluster: Cluster, start: dt.date, end: dt.date) -> list:

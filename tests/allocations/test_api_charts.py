@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.tokens import api_token_issue
-from allocations import services
+from allocations import selectors, services
 from allocations.charts import OTHERS
 from allocations.models import UsageDaily
 from allocations.rollups import rollups_refresh_all
@@ -130,10 +130,76 @@ class TestCharts:
         assert body["unused_su"] == "969"
         assert "about 969 SUs will likely go unused by 2026-12-31" in body["recommendation"]
 
+    @pytest.mark.parametrize(
+        ("query", "bucket", "x", "by_member"),
+        [
+            # A year is drawn by week: Sunday Mar 1 is in the week of Monday Feb 23.
+            ("", "week", ["2026-02-23", "2026-03-02"], {"bob": [20, 0], "alice": [0, 11]}),
+            (
+                "?start=2025-01-01&end=2027-12-31",
+                "month",
+                ["2026-03-01"],
+                {"bob": [20], "alice": [11]},
+            ),
+            # A range from mid-week shows the days of the week that are in it.
+            (
+                "?start=2026-02-25&end=2026-09-30",
+                "week",
+                ["2026-02-23", "2026-03-02"],
+                {"bob": [20, 0], "alice": [0, 11]},
+            ),
+            ("?start=2026-03-02&end=2026-03-31", "day", ["2026-03-02"], {"alice": [11]}),
+        ],
+        ids=["year-by-week", "three-years-by-month", "from-mid-week", "a-month-by-day"],
+    )
+    def test_the_database_sums_by_the_period_the_chart_draws(
+        self, charged, alice, query, bucket, x, by_member
+    ):
+        figure = client_for(alice).get(url(charged, "members") + query).json()["figure"]
+
+        assert figure["layout"]["title"]["text"].endswith(f"(per {bucket})")
+        assert all(t["x"] == x for t in figure["data"])
+        assert {t["name"]: t["y"] for t in figure["data"]} == by_member
+
+    def test_sums_of_fractions_stay_exact(self, allocation, alice, cpu):
+        services.usage_record_batch(
+            cluster=allocation.cluster,
+            records=[
+                usage(allocation, alice, cpu, "f1", 10, MAR1),  # 0.1 SU
+                usage(allocation, alice, cpu, "f2", 20, MAR1),  # 0.2 SU
+            ],
+        )
+        rollups_refresh_all()
+
+        body = client_for(alice).get(url(allocation, "resources")).json()
+
+        assert [(t["name"], t["y"]) for t in body["figure"]["data"]] == [("CPU", [0.3])]
+
     def test_the_charts_read_the_rollups_not_the_usage(self, charged, alice):
         UsageDaily.objects.all().delete()
         figure = client_for(alice).get(url(charged, "burndown")).json()["figure"]
         assert figure["data"][0]["y"][-1] == 1000.0
+
+
+class TestBurndownSeries:
+    def test_it_reads_what_budget_diffs_and_the_daily_rollups_read(self, charged, dana):
+        services.allocation_change_apply(
+            actor=dana, allocation=charged, reason="Top-up", su_delta="250.5"
+        )
+        services.allocation_change_apply(
+            actor=dana, allocation=charged, reason="Take back", su_delta="-0.25"
+        )
+
+        steps, used = selectors.burndown_series(
+            allocation=charged, start=charged.start, end=charged.end
+        )
+
+        assert steps == selectors.budget_diffs(allocation=charged)
+        assert [amount for _, amount in steps][-2:] == [Decimal("1250.5"), Decimal("1250.25")]
+        assert used == selectors.rollup_usage_by_day(
+            allocation=charged, start=charged.start, end=charged.end
+        )
+        assert used == [(dt.date(2026, 3, 1), Decimal(20)), (dt.date(2026, 3, 2), Decimal(11))]
 
 
 class TestQueryCounts:
@@ -159,28 +225,56 @@ class TestQueryCounts:
         return make
 
     @pytest.mark.parametrize(
-        ("chart", "queries"),
+        ("who", "chart", "queries"),
         [
-            # session, user, the allocation (with project, PI and cluster), the diffs, the
-            # daily usage for the figure, and the last 28 days' for the forecast.
-            ("charts/burndown", 6),
-            # session, user, allocation, the rollups by member (alice is the PI, which
-            # the allocation row says without a query).
-            ("charts/members", 4),
+            # session, user, the allocation (with what the viewer may see of it), and
+            # the diffs with the daily usage (for the figure and the forecast's window).
+            ("alice", "charts/burndown", 4),
+            # session, user, allocation, the rollups by member.
+            ("alice", "charts/members", 4),
+            # The same for a plain member and for the cluster's admin: the allocation
+            # row says what they may see, without a query of its own.
+            ("bob", "charts/members", 4),
+            ("dana", "charts/members", 4),
             # session, user, allocation, rollups by resource.
-            ("charts/resources", 4),
+            ("alice", "charts/resources", 4),
             # session, user, allocation, the last 28 days' usage.
-            ("forecast", 4),
+            ("alice", "forecast", 4),
         ],
     )
     def test_it_costs_the_same_for_2_or_200_rows(
-        self, rollups, allocation, alice, chart, queries, django_assert_num_queries
+        self, request, rollups, allocation, who, chart, queries, django_assert_num_queries
     ):
-        client = client_for(alice)
+        client = client_for(request.getfixturevalue(who))
         for n in (2, 200):
             rollups(n)
             with django_assert_num_queries(queries):
                 response = client.get(f"/api/v1/allocations/{allocation.code}/{chart}/")
+            assert response.status_code == 200
+
+    def test_the_project_overview_costs_the_same_for_1_or_3_allocations(
+        self, allocation, alice, cluster, gpu, django_assert_num_queries
+    ):
+        client = client_for(alice)
+        path = f"/api/v1/projects/{allocation.project.code}/charts/overview/"
+        for name in ("", "second", "third"):
+            if name:
+                request = services.allocation_request_create(
+                    actor=alice,
+                    project=allocation.project,
+                    cluster=cluster,
+                    name=name,
+                    resources=[gpu],
+                    su_amount="10",
+                    start=allocation.start,
+                    end=allocation.end,
+                    justification="More runs",
+                )
+                services.change_request_approve(actor=cluster.admins.get(), request=request)
+            # session, user, the project (with whether alice manages it), its
+            # allocations with their clusters.
+            with django_assert_num_queries(4):
+                response = client.get(path)
             assert response.status_code == 200
 
 

@@ -158,6 +158,16 @@ class TestStackedUsage:
         assert figure["layout"]["title"]["text"] == f"t (per {bucket})"
         assert figure["data"][0]["x"] == [first]
 
+    def test_rows_summed_by_period_keep_a_period_that_began_before_the_start(self):
+        # The reader sums by week and dates each sum by its Monday, Jan 5 here.
+        figure = charts.stacked_usage_figure(
+            title="t",
+            rows=[("bob", dt.date(2026, 1, 5), D(3)), ("bob", dt.date(2025, 12, 29), D(9))],
+            start=dt.date(2026, 1, 7),
+            end=dt.date(2026, 9, 30),
+        )
+        assert [(t["x"], t["y"]) for t in figure["data"]] == [(["2026-01-05"], [3.0])]
+
 
 class TestProjectOverview:
     def test_each_allocation_shows_used_held_and_remaining(self):

@@ -775,11 +775,16 @@ class TestUsageIndexes:
         )
 
     @pytest.mark.django_db
-    def test_the_rollups_keep_one_index_led_by_the_allocation(self):
-        led_by_allocation = [
-            cols
-            for cols in self._indexes("allocations_usagedaily").values()
+    def test_the_rollups_have_no_plain_allocation_index(self):
+        led_by_allocation = {
+            name
+            for name, cols in self._indexes("allocations_usagedaily").items()
             if cols[0] == "allocation_id"
-        ]
+        }
 
-        assert led_by_allocation == [["allocation_id", "day", "user_id", "resource_id"]]
+        # The unique key (the upsert's target) and the charts' covering index; the
+        # foreign key's own index on allocation_id is gone.
+        assert led_by_allocation == {
+            "allocations_usagedaily_one_per_key",
+            "alloc_usagedaily_charts",
+        }
