@@ -225,19 +225,12 @@ _RESOLVED = (
 )
 
 
-def _resolve(
-    *, cluster: Cluster, username: str, account: str, resource_name: str, at: dt.datetime
-) -> Admission:
-    """Resolves the names in one query, whatever the size of the usage table: the
-    allocation with its project and whether it includes the resource, the membership
-    with its user, and the resource's rate in force, with what tells an unknown name
-    from a missing link. Admission runs at every job submission: one statement, and no
-    ORM compilation of three, is most of its cost. (Resource names are unique per
-    cluster without case, as the constraint on lower(name) says.)"""
+@functools.cache
+def _resolve_sql(vendor: str) -> str:
+    """_resolve's statement, built once from the models' columns."""
     through = Allocation.resources.through._meta.db_table
-    at_value = connection.ops.adapt_datetimefield_value(at)
     columns = ", ".join(_columns(model, alias) for model, alias in _RESOLVED)
-    sql = f"""
+    return f"""
         SELECT {columns}, ids.user_id IS NOT NULL, ids.resource_id IS NOT NULL,
                EXISTS (SELECT 1 FROM {through} ar
                        WHERE ar.allocation_id = ids.allocation_id
@@ -261,9 +254,22 @@ def _resolve(
             ORDER BY r.start LIMIT 1)
         LEFT JOIN allocations_resource rs ON rs.id = rt.resource_id
     """  # noqa: S608 (table and column names from the models; values are parameters)
+
+
+def _resolve(
+    *, cluster: Cluster, username: str, account: str, resource_name: str, at: dt.datetime
+) -> Admission:
+    """Resolves the names in one query, whatever the size of the usage table: the
+    allocation with its project and whether it includes the resource, the membership
+    with its user, and the resource's rate in force, with what tells an unknown name
+    from a missing link. Admission runs at every job submission: one statement, and no
+    ORM compilation of three, is most of its cost. (Resource names are unique per
+    cluster without case, as the constraint on lower(name) says.)"""
+    at_value = connection.ops.adapt_datetimefield_value(at)
     with connection.cursor() as cursor:
         cursor.execute(
-            sql, [cluster.pk, account, username, cluster.pk, resource_name, at_value, at_value]
+            _resolve_sql(connection.vendor),
+            [cluster.pk, account, username, cluster.pk, resource_name, at_value, at_value],
         )
         row = list(cursor.fetchone())
     user_known, resource_known, has_resource = row[-3:]
