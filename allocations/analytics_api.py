@@ -112,18 +112,7 @@ class AllocationChartViewSet(viewsets.GenericViewSet):
         return selectors.allocation_list_for(user=self.request.user)
 
     def _forecast(self, allocation: Allocation) -> forecasts.Forecast:
-        today = _today()
-        window_start = today - dt.timedelta(days=forecasts.RATE_WINDOW_DAYS)
-        return forecasts.forecast(
-            points=selectors.rollup_usage_by_day(
-                allocation=allocation, start=window_start, end=today
-            ),
-            start=allocation.start,
-            end=allocation.end,
-            budget=allocation.su_budget,
-            remaining=allocation.su_remaining,
-            today=today,
-        )
+        return selectors.allocation_forecast(allocation=allocation, today=_today())
 
     @extend_schema(**_RANGE)
     @action(detail=True, methods=["get"], url_path="charts/burndown")

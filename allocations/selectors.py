@@ -21,10 +21,11 @@ from django.db.models import (
     Sum,
     Value,
 )
-from django.db.models.functions import Coalesce, TruncDate, TruncMonth
+from django.db.models.functions import Coalesce, TruncMonth
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
+from allocations.forecasts import RATE_WINDOW_DAYS, Forecast, forecast
 from allocations.models import (
     Allocation,
     AllocationChange,
@@ -271,61 +272,6 @@ def projects_managed_by(*, user: User) -> QuerySet[Project]:
     if user.is_superuser:
         return qs
     return qs.filter(Q(pi=user) | Q(managers=user)).distinct()
-
-
-def _net_usage(allocation: Allocation, user: User | None):
-    """Usage rows and adjustment rows of an allocation (or of one member of it)."""
-    usage = Usage.objects.filter(allocation=allocation)
-    adjustments = UsageAdjustment.objects.filter(allocation=allocation)
-    if user is not None:
-        usage = usage.filter(user=user)
-        adjustments = adjustments.filter(user=user)
-    return usage, adjustments
-
-
-def usage_by_resource(*, allocation: Allocation, user: User | None = None) -> list[dict]:
-    """[{resource, su}] with adjustments counted against the resource of the job they adjust."""
-    usage, adjustments = _net_usage(allocation, user)
-    totals: dict[str, Decimal] = {}
-    for row in usage.values("resource__name").annotate(su=Sum("su_amount")).order_by():
-        totals[row["resource__name"]] = row["su"]
-    for row in adjustments.values("usage__resource__name").annotate(su=Sum("su_delta")).order_by():
-        name = row["usage__resource__name"]
-        totals[name] = totals.get(name, Decimal(0)) + row["su"]
-    return [{"resource": name, "su": su} for name, su in sorted(totals.items())]
-
-
-def usage_by_day(
-    *, allocation: Allocation, user: User | None = None
-) -> list[tuple[dt.date, Decimal]]:
-    """SUs charged per UTC day (adjustments on the day they were made); served by the
-    (allocation, charged_at) and (allocation, user, charged_at) indexes."""
-    usage, adjustments = _net_usage(allocation, user)
-    rows = [
-        (row["day"], row["su"])
-        for row in usage.annotate(day=TruncDate("charged_at"))
-        .values("day")
-        .annotate(su=Sum("su_amount"))
-        .order_by()
-    ]
-    rows += [
-        (row["day"], row["su"])
-        for row in adjustments.annotate(day=TruncDate("created"))
-        .values("day")
-        .annotate(su=Sum("su_delta"))
-        .order_by()
-    ]
-    return rows
-
-
-def budget_steps(*, allocation: Allocation) -> list[tuple[dt.date, Decimal]]:
-    """(day, budget after that day's last diff): the budget line of the burn-down chart."""
-    steps: dict[dt.date, Decimal] = {}
-    for created, budget in allocation.changes.order_by("created", "id").values_list(
-        "created", "su_budget"
-    ):
-        steps[created.date()] = budget
-    return sorted(steps.items())
 
 
 def jobs_for(*, allocation: Allocation, user: User | None = None) -> QuerySet[Usage]:
@@ -654,6 +600,34 @@ def rollup_usage_by_day(*, allocation: Allocation, start: dt.date, end: dt.date)
         .annotate(total=Sum("su"))
         .order_by("day")
         .values_list("day", "total")
+    )
+
+
+def rollup_usage_by_resource(*, allocation: Allocation, user: User | None = None) -> list[tuple]:
+    """(resource, SUs) of an allocation, or of one member of it, by resource name; one
+    grouped query on the rollups (their su already nets each job's adjustments)."""
+    rows = UsageDaily.objects.filter(allocation=allocation)
+    if user is not None:
+        rows = rows.filter(user=user)
+    return list(
+        rows.values("resource__name")
+        .annotate(total=Sum("su"))
+        .order_by("resource__name")
+        .values_list("resource__name", "total")
+    )
+
+
+def allocation_forecast(*, allocation: Allocation, today: dt.date) -> "Forecast":
+    """The forecast of the allocation's whole usage from the rollups of the burn-rate
+    window: one query whatever the number of usage records."""
+    window_start = today - dt.timedelta(days=RATE_WINDOW_DAYS)
+    return forecast(
+        points=rollup_usage_by_day(allocation=allocation, start=window_start, end=today),
+        start=allocation.start,
+        end=allocation.end,
+        budget=allocation.su_budget,
+        remaining=allocation.su_remaining,
+        today=today,
     )
 
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts.models import User
-from allocations import burn_down, selectors, services
+from allocations import selectors, services
 from allocations.conversion import SU_QUANTUM
 from allocations.models import Allocation, ChangeRequest, Membership, Project, Resource, Status
 from allocations.portal_forms import (
@@ -183,15 +183,6 @@ def allocation_detail(request: HttpRequest, code) -> HttpResponse:
     access = _allocation_access(request, code)
     allocation = access.allocation
     has_pending = allocation.change_requests.filter(state=ChangeRequest.State.PENDING).exists()
-    # A member sees the allocation's balance but only their own usage.
-    only = None if access.sees_all else request.user
-    burn = burn_down.burn_down(
-        start=allocation.start,
-        end=allocation.end,
-        today=timezone.localdate(),
-        budget_steps=selectors.budget_steps(allocation=allocation),
-        daily_usage=selectors.usage_by_day(allocation=allocation),
-    )
     top_members = []
     if access.sees_all:
         top_members = list(
@@ -199,6 +190,9 @@ def allocation_detail(request: HttpRequest, code) -> HttpResponse:
             .exclude(status=Status.DELETED)
             .order_by("-su_used", "user__username")[:10]
         )
+    # The figures come from the daily rollups: the burn-down and the usage charts are
+    # fetched by the page from the chart endpoints, and the page itself reads only the
+    # forecast's window and the totals by resource, whatever the number of usage rows.
     return render(
         request,
         "portal/allocation_detail.html",
@@ -207,8 +201,13 @@ def allocation_detail(request: HttpRequest, code) -> HttpResponse:
             "overview",
             balance=_balance(allocation, has_pending=has_pending),
             mine=_member_balance(allocation, access.membership),
-            burn=burn,
-            by_resource=selectors.usage_by_resource(allocation=allocation, user=only),
+            forecast=selectors.allocation_forecast(
+                allocation=allocation, today=timezone.now().date()
+            ),
+            # A member sees the allocation's balance but only their own usage.
+            by_resource=selectors.rollup_usage_by_resource(
+                allocation=allocation, user=None if access.sees_all else request.user
+            ),
             top_members=top_members,
             resources=allocation.resources.order_by("name"),
         ),
