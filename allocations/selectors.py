@@ -13,6 +13,7 @@ from django.db.models import (
     Count,
     Exists,
     F,
+    FilteredRelation,
     OuterRef,
     Prefetch,
     Q,
@@ -117,8 +118,52 @@ def pending_requests_for_admin(*, user: User) -> QuerySet[ChangeRequest]:
     return qs.order_by("-priority", "created")
 
 
-def membership_for(*, allocation: Allocation, user: User) -> Membership | None:
-    return Membership.objects.filter(allocation=allocation, user=user).first()
+@dataclass(frozen=True)
+class Viewer:
+    """What one user may see and do on one allocation (views.Access builds on it)."""
+
+    allocation: Allocation
+    manages: bool  # the project's PI, a named manager or a superuser
+    administers: bool  # an admin of the allocation's cluster or a superuser
+    membership: Membership | None
+
+
+def allocation_viewer(*, user: User, code) -> Viewer:
+    """The allocation with the user's rights on it and their membership, in one query
+    (the rights of user_manages_project and user_administers_cluster, as EXISTS
+    subqueries). The allocation carries has_pending: whether a request awaits a decision.
+    Raises Allocation.DoesNotExist."""
+    allocation = (
+        Allocation.objects.annotate(
+            # At most one row: one membership per (allocation, user).
+            mine=FilteredRelation("memberships", condition=Q(memberships__user=user)),
+            i_manage=Exists(
+                Project.managers.through.objects.filter(
+                    project_id=OuterRef("project_id"), user_id=user.pk
+                )
+            ),
+            i_administer=Exists(
+                Cluster.admins.through.objects.filter(
+                    cluster_id=OuterRef("cluster_id"), user_id=user.pk
+                )
+            ),
+            has_pending=Exists(
+                ChangeRequest.objects.filter(
+                    allocation=OuterRef("pk"), state=ChangeRequest.State.PENDING
+                )
+            ),
+        )
+        .select_related("project", "project__pi", "cluster", "mine")
+        .get(code=code)
+    )
+    superuser = user.is_superuser
+    return Viewer(
+        allocation=allocation,
+        manages=superuser or allocation.project.pi_id == user.pk or allocation.i_manage,
+        administers=superuser or allocation.i_administer,
+        # Absent, not None, when the join found no row.
+        membership=getattr(allocation, "mine", None),
+    )
 
 
 def allocation_list_for_cluster(*, cluster: Cluster) -> QuerySet[Allocation]:

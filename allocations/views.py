@@ -63,18 +63,16 @@ class Access:
 def _allocation_access(request: HttpRequest, code) -> Access:
     """404 for anyone with no business on the allocation, so outsiders cannot even
     learn that a code exists."""
-    allocation = get_object_or_404(
-        Allocation.objects.select_related("project", "project__pi", "cluster"), code=code
-    )
-    user = request.user
-    manages = selectors.user_manages_project(user=user, project=allocation.project)
-    administers = selectors.user_administers_cluster(user=user, cluster=allocation.cluster)
-    membership = selectors.membership_for(allocation=allocation, user=user)
+    try:
+        viewer = selectors.allocation_viewer(user=request.user, code=code)
+    except Allocation.DoesNotExist:
+        raise Http404("No such allocation.") from None
+    membership = viewer.membership
     if membership is not None and membership.status == Status.DELETED:
         membership = None
-    if not (manages or administers or membership):
+    if not (viewer.manages or viewer.administers or membership):
         raise Http404("No such allocation.")
-    return Access(allocation, manages, administers, membership)
+    return Access(viewer.allocation, viewer.manages, viewer.administers, membership)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -182,7 +180,6 @@ def _context(access: Access, tab: str, **extra) -> dict:
 def allocation_detail(request: HttpRequest, code) -> HttpResponse:
     access = _allocation_access(request, code)
     allocation = access.allocation
-    has_pending = allocation.change_requests.filter(state=ChangeRequest.State.PENDING).exists()
     top_members = []
     if access.sees_all:
         top_members = list(
@@ -199,7 +196,7 @@ def allocation_detail(request: HttpRequest, code) -> HttpResponse:
         _context(
             access,
             "overview",
-            balance=_balance(allocation, has_pending=has_pending),
+            balance=_balance(allocation, has_pending=allocation.has_pending),
             mine=_member_balance(allocation, access.membership),
             forecast=selectors.allocation_forecast(
                 allocation=allocation, today=timezone.now().date()
