@@ -282,33 +282,30 @@ def portal_allocation_list(*, user: User) -> QuerySet[Allocation]:
 
     Unlike allocation_list_for, a cluster admin's clusters are not listed here (the review
     queue is their view of them), nor is every allocation for a superuser."""
-    mine = Membership.objects.filter(allocation=OuterRef("pk"), user=user)
+    # EXISTS and a join on the user's own membership (at most one row), not joins to
+    # every membership and manager: no duplicates, so no DISTINCT to sort away.
+    manages = Q(project__pi=user) | Exists(
+        Project.managers.through.objects.filter(project_id=OuterRef("project_id"), user_id=user.pk)
+    )
     return (
-        Allocation.objects.select_related("project", "project__pi", "cluster")
-        .filter(
-            Q(project__pi=user)
-            | Q(project__managers=user)
-            | Q(memberships__user=user, memberships__status__in=_VISIBLE_MEMBERSHIP)
+        Allocation.objects.annotate(
+            mine=FilteredRelation("memberships", condition=Q(memberships__user=user))
         )
+        .filter(manages | Q(mine__status__in=_VISIBLE_MEMBERSHIP))
         .exclude(status=Status.DELETED)
+        .select_related("project", "project__pi", "cluster")
         .annotate(
             has_pending=Exists(
                 ChangeRequest.objects.filter(
                     allocation=OuterRef("pk"), state=ChangeRequest.State.PENDING
                 )
             ),
-            my_status=Subquery(mine.values("status")[:1]),
-            my_su_used=Subquery(mine.values("su_used")[:1]),
-            my_su_cap=Subquery(mine.values("su_cap")[:1]),
-            i_manage=Q(project__pi=user)
-            | Exists(
-                Project.managers.through.objects.filter(
-                    project_id=OuterRef("project_id"), user_id=user.pk
-                )
-            ),
+            my_status=F("mine__status"),
+            my_su_used=F("mine__su_used"),
+            my_su_cap=F("mine__su_cap"),
+            i_manage=manages,
         )
-        .distinct()
-        .order_by("project__title", "cluster__name", "name")
+        .order_by("project__title", "cluster__name", "name", "pk")
     )
 
 
@@ -316,7 +313,12 @@ def projects_managed_by(*, user: User) -> QuerySet[Project]:
     qs = Project.objects.select_related("pi").order_by("title")
     if user.is_superuser:
         return qs
-    return qs.filter(Q(pi=user) | Q(managers=user)).distinct()
+    return qs.filter(
+        Q(pi=user)
+        | Exists(
+            Project.managers.through.objects.filter(project_id=OuterRef("pk"), user_id=user.pk)
+        )
+    )
 
 
 def jobs_for(*, allocation: Allocation, user: User | None = None) -> QuerySet[Usage]:

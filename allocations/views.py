@@ -32,6 +32,7 @@ from allocations.portal_forms import (
     MemberStatusForm,
     show_refusal,
 )
+from portal.paging import counted_page
 
 PAGE_SIZE = 25
 JOBS_PAGE_SIZE = 50
@@ -144,7 +145,9 @@ def _member_balance(allocation: Allocation, membership: Membership | None) -> di
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    page = _page(request, selectors.portal_allocation_list(user=request.user))
+    page = counted_page(
+        selectors.portal_allocation_list(user=request.user), request.GET.get("page"), PAGE_SIZE
+    )
     rows = []
     for allocation in page:
         balance = _balance(allocation, has_pending=allocation.has_pending)
