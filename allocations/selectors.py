@@ -77,7 +77,15 @@ def user_administers_cluster(*, user: User, cluster: Cluster) -> bool:
 
 
 def user_administers_any_cluster(*, user: User) -> bool:
-    return user.is_authenticated and Cluster.objects.filter(admins=user).exists()
+    if not user.is_authenticated:
+        return False
+    # Memoised on the user object, which lives for one request: the layout's nav and the
+    # review pages both ask.
+    cached = getattr(user, "_administers_any_cluster", None)
+    if cached is None:
+        cached = Cluster.objects.filter(admins=user).exists()
+        user._administers_any_cluster = cached
+    return cached
 
 
 def project_list_for(*, user: User) -> QuerySet[Project]:
@@ -114,7 +122,15 @@ def pending_requests_for_admin(*, user: User) -> QuerySet[ChangeRequest]:
         "allocation", "allocation__project", "allocation__cluster", "requester"
     )
     if not user.is_superuser:
-        qs = qs.filter(allocation__cluster__admins=user)
+        # EXISTS rather than a join to the admins: PostgreSQL's planning time grows fast
+        # with the number of joins, and here it cost more than running the query.
+        qs = qs.filter(
+            Exists(
+                Cluster.admins.through.objects.filter(
+                    cluster_id=OuterRef("allocation__cluster_id"), user_id=user.pk
+                )
+            )
+        )
     return qs.order_by("-priority", "created")
 
 
@@ -388,7 +404,8 @@ def review_queue(
 ) -> QuerySet[ChangeRequest]:
     """Pending requests on the user's clusters (a superuser's: all), by priority then
     age; `max_su` keeps those asking for at most that many SUs (the small ones)."""
-    qs = pending_requests_for_admin(user=user).select_related("allocation__project__pi")
+    # The PIs in a query of their own: one more join would cost more to plan than that.
+    qs = pending_requests_for_admin(user=user).prefetch_related("allocation__project__pi")
     if cluster is not None:
         qs = qs.filter(allocation__cluster=cluster)
     if max_su is not None:
@@ -510,26 +527,30 @@ def commitments_for_requests(
         months[request.pk] = month_bounds(max(today, start))
     firsts = [first for first, _ in months.values()]
     lasts = [last for _, last in months.values()]
-    active = list(
-        Allocation.objects.filter(
-            cluster_id__in={r.allocation.cluster_id for r in requests},
-            status=Status.ACTIVE,
-            start__lte=max(lasts),
-            end__gte=min(firsts),
-        ).values_list("pk", "cluster_id", "su_budget", "start", "end")
-    )
+    by_cluster: dict[int, list[tuple]] = defaultdict(list)
+    for cluster_id, budget, start, end in Allocation.objects.filter(
+        cluster_id__in={r.allocation.cluster_id for r in requests},
+        status=Status.ACTIVE,
+        start__lte=max(lasts),
+        end__gte=min(firsts),
+    ).values_list("cluster_id", "su_budget", "start", "end"):
+        by_cluster[cluster_id].append((budget, start, end))
+    # Requests on one cluster mostly ask about the same month: sum its shares once.
+    committed_in: dict[tuple[int, dt.date], Decimal] = {}
     out = {}
     for request in requests:
         first, last = months[request.pk]
         allocation = request.allocation
-        committed = sum(
-            (
-                su_share_in(budget=budget, start=start, end=end, first=first, last=last)
-                for pk, cluster_id, budget, start, end in active
-                if cluster_id == allocation.cluster_id
-            ),
-            Decimal(0),
-        )
+        key = (allocation.cluster_id, first)
+        if key not in committed_in:
+            committed_in[key] = sum(
+                (
+                    su_share_in(budget=budget, start=start, end=end, first=first, last=last)
+                    for budget, start, end in by_cluster[allocation.cluster_id]
+                ),
+                Decimal(0),
+            )
+        committed = committed_in[key]
         after = committed
         if allocation.status == Status.ACTIVE:
             after -= su_share_in(
