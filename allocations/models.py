@@ -1130,6 +1130,11 @@ class UsageDaily(models.Model):
         indexes = [
             # Cluster charts: usage of a cluster's allocations by day.
             models.Index(fields=["day", "allocation"], name="alloc_usagedaily_day"),
+            # The allocation page's totals by resource (selectors.rollup_usage_by_resource):
+            # read from the index alone, in resource order, however long the history.
+            models.Index(
+                fields=["allocation", "resource", "user", "su"], name="alloc_usagedaily_resource"
+            ),
         ]
         constraints = [
             # Leads with (allocation, day): the burn-down and member charts' range scan.
