@@ -165,7 +165,12 @@ def home(request: HttpRequest) -> HttpResponse:
         {
             "page": page,
             "rows": rows,
-            "can_request": selectors.projects_managed_by(user=request.user)
+            # An allocation of an active project the user manages already says yes;
+            # otherwise ask (they may manage a project with no allocation listed).
+            "can_request": any(
+                a.i_manage and a.project.status == Status.ACTIVE for a in page.object_list
+            )
+            or selectors.projects_managed_by(user=request.user)
             .filter(status=Status.ACTIVE)
             .exists(),
         },
