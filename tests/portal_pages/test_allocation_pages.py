@@ -87,6 +87,12 @@ class TestOverview:
             assert f'data-chart-url="{url}"' in body
         assert by_resource(body, "Usage by resource") == [("GPU H200", "10")]
 
+    def test_before_its_start_it_says_when_it_starts(self, pages, allocation, alice, monkeypatch):
+        monkeypatch.setattr(timezone, "now", lambda: dt.datetime(2025, 12, 15, tzinfo=dt.UTC))
+        body = client_as(alice).get(pages["overview"]).content.decode()
+        forecast = body.split('data-testid="forecast">')[1].split("</p>")[0]
+        assert " ".join(forecast.split()) == "The allocation starts on 2026-01-01."
+
     def test_the_totals_by_resource_are_read_from_the_rollups(self, pages, allocation, alice, gpu):
         charge(allocation, alice, gpu, "1", 5)
         client = client_as(alice)
