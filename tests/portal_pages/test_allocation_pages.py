@@ -80,8 +80,11 @@ class TestOverview:
         rollups_refresh_all(allocation_ids=[allocation.pk])
         body = client_as(alice).get(pages["overview"]).content.decode()
         assert 'data-testid="remaining">990<' in body
-        # 10 SUs over the 28 days up to June 15th.
-        assert "In the last 28 days the allocation used 0.3571 SU a day." in body
+        # 10 SUs over the 28 days up to June 15th; 200 days left at that rate use 71.
+        assert (
+            "At 0.3571 SUs a day over the last 28 days, about 918 SUs will likely go unused "
+            "by 2026-12-31" in body
+        )
         for chart in ("burndown", "members", "resources"):
             url = f"/api/v1/allocations/{allocation.code}/charts/{chart}/"
             assert f'data-chart-url="{url}"' in body
@@ -120,8 +123,9 @@ class TestOverview:
         assert by_resource(body, "Your usage by resource") == [(cpu.name, bob_cpu)]
         assert "Usage by member" not in body
         assert "Alice Archer</td>" not in body
-        # The burn-down is the allocation's: the forecast counts everyone's usage.
-        assert "In the last 28 days the allocation used" in body
+        # The burn-down is the allocation's: the forecast counts everyone's usage
+        # (alice's 10 SUs and bob's 1 over 28 days).
+        assert "At 0.3929 SUs a day over the last 28 days" in body
 
 
 class TestHistoryAndRequests:
