@@ -140,10 +140,7 @@ class AllocationChartViewSet(viewsets.GenericViewSet):
         (from the allocation's start to today or its end), else from one query."""
         today = _today()
         if points is None:
-            window_start = today - dt.timedelta(days=forecasts.RATE_WINDOW_DAYS)
-            points = selectors.rollup_usage_by_day(
-                allocation=allocation, start=window_start, end=today
-            )
+            return selectors.allocation_forecast(allocation=allocation, today=today)
         return forecasts.forecast(
             points=points,
             start=allocation.start,

@@ -1149,6 +1149,11 @@ class UsageDaily(models.Model):
                 include=["user", "resource", "su"],
                 name="alloc_usagedaily_charts",
             ),
+            # The allocation page's totals by resource (selectors.rollup_usage_by_resource):
+            # read from the index alone, in resource order, however long the history.
+            models.Index(
+                fields=["allocation", "resource", "user", "su"], name="alloc_usagedaily_resource"
+            ),
         ]
         constraints = [
             # Leads with (allocation, day): the burn-down and member charts' range scan.

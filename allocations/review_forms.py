@@ -87,7 +87,14 @@ class QueueFilterForm(forms.Form):
 
     def __init__(self, *args, clusters, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["cluster"].queryset = clusters
+        field = self.fields["cluster"]
+        field.queryset = clusters
+        # The options from the clusters the page lists anyway (one query for both), rather
+        # than the field's own query of them; a chosen one is still checked against them.
+        field.choices = [
+            ("", field.empty_label),
+            *((cluster.code, field.label_from_instance(cluster)) for cluster in clusters),
+        ]
 
 
 class StatusForm(forms.Form):

@@ -40,6 +40,7 @@ from allocations.review_forms import (
     StatusForm,
     show_refusal,
 )
+from portal.paging import counted_page
 
 PAGE_SIZE = 25
 Refusal = (ValidationError, PermissionDenied)
@@ -91,7 +92,11 @@ def queue(request: HttpRequest) -> HttpResponse:
     if filters.is_valid():
         cluster = filters.cleaned_data["cluster"]
         max_su = filters.cleaned_data["max_su"]
-    page = _page(request, selectors.review_queue(user=user, cluster=cluster, max_su=max_su))
+    page = counted_page(
+        selectors.review_queue(user=user, cluster=cluster, max_su=max_su),
+        request.GET.get("page"),
+        PAGE_SIZE,
+    )
     rows = _queue_rows(list(page.object_list))
     return render(
         request,

@@ -15,6 +15,7 @@ from django.db.models import (
     Count,
     Exists,
     F,
+    FilteredRelation,
     OuterRef,
     Prefetch,
     Q,
@@ -23,12 +24,13 @@ from django.db.models import (
     Sum,
     Value,
 )
-from django.db.models.functions import Coalesce, TruncDate, TruncMonth
+from django.db.models.functions import Coalesce, TruncMonth
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import ApiToken, User
 from allocations.conversion import SU_QUANTUM
+from allocations.forecasts import RATE_WINDOW_DAYS, Forecast, forecast
 from allocations.models import (
     Allocation,
     AllocationChange,
@@ -79,7 +81,15 @@ def user_administers_cluster(*, user: User, cluster: Cluster) -> bool:
 
 
 def user_administers_any_cluster(*, user: User) -> bool:
-    return user.is_authenticated and Cluster.objects.filter(admins=user).exists()
+    if not user.is_authenticated:
+        return False
+    # Memoised on the user object, which lives for one request: the layout's nav and the
+    # review pages both ask.
+    cached = getattr(user, "_administers_any_cluster", None)
+    if cached is None:
+        cached = Cluster.objects.filter(admins=user).exists()
+        user._administers_any_cluster = cached
+    return cached
 
 
 def project_list_for(*, user: User) -> QuerySet[Project]:
@@ -211,12 +221,64 @@ def pending_requests_for_admin(*, user: User) -> QuerySet[ChangeRequest]:
         "allocation", "allocation__project", "allocation__cluster", "requester"
     )
     if not user.is_superuser:
-        qs = qs.filter(allocation__cluster__admins=user)
+        # EXISTS rather than a join to the admins: PostgreSQL's planning time grows fast
+        # with the number of joins, and here it cost more than running the query.
+        qs = qs.filter(
+            Exists(
+                Cluster.admins.through.objects.filter(
+                    cluster_id=OuterRef("allocation__cluster_id"), user_id=user.pk
+                )
+            )
+        )
     return qs.order_by("-priority", "created")
 
 
-def membership_for(*, allocation: Allocation, user: User) -> Membership | None:
-    return Membership.objects.filter(allocation=allocation, user=user).first()
+@dataclass(frozen=True)
+class Viewer:
+    """What one user may see and do on one allocation (views.Access builds on it)."""
+
+    allocation: Allocation
+    manages: bool  # the project's PI, a named manager or a superuser
+    administers: bool  # an admin of the allocation's cluster or a superuser
+    membership: Membership | None
+
+
+def allocation_viewer(*, user: User, code) -> Viewer:
+    """The allocation with the user's rights on it and their membership, in one query
+    (the rights of user_manages_project and user_administers_cluster, as EXISTS
+    subqueries). The allocation carries has_pending: whether a request awaits a decision.
+    Raises Allocation.DoesNotExist."""
+    allocation = (
+        Allocation.objects.annotate(
+            # At most one row: one membership per (allocation, user).
+            mine=FilteredRelation("memberships", condition=Q(memberships__user=user)),
+            i_manage=Exists(
+                Project.managers.through.objects.filter(
+                    project_id=OuterRef("project_id"), user_id=user.pk
+                )
+            ),
+            i_administer=Exists(
+                Cluster.admins.through.objects.filter(
+                    cluster_id=OuterRef("cluster_id"), user_id=user.pk
+                )
+            ),
+            has_pending=Exists(
+                ChangeRequest.objects.filter(
+                    allocation=OuterRef("pk"), state=ChangeRequest.State.PENDING
+                )
+            ),
+        )
+        .select_related("project", "project__pi", "cluster", "mine")
+        .get(code=code)
+    )
+    superuser = user.is_superuser
+    return Viewer(
+        allocation=allocation,
+        manages=superuser or allocation.project.pi_id == user.pk or allocation.i_manage,
+        administers=superuser or allocation.i_administer,
+        # Absent, not None, when the join found no row.
+        membership=getattr(allocation, "mine", None),
+    )
 
 
 def allocation_list_for_cluster(*, cluster: Cluster) -> QuerySet[Allocation]:
@@ -335,33 +397,30 @@ def portal_allocation_list(*, user: User) -> QuerySet[Allocation]:
 
     Unlike allocation_list_for, a cluster admin's clusters are not listed here (the review
     queue is their view of them), nor is every allocation for a superuser."""
-    mine = Membership.objects.filter(allocation=OuterRef("pk"), user=user)
+    # EXISTS and a join on the user's own membership (at most one row), not joins to
+    # every membership and manager: no duplicates, so no DISTINCT to sort away.
+    manages = Q(project__pi=user) | Exists(
+        Project.managers.through.objects.filter(project_id=OuterRef("project_id"), user_id=user.pk)
+    )
     return (
-        Allocation.objects.select_related("project", "project__pi", "cluster")
-        .filter(
-            Q(project__pi=user)
-            | Q(project__managers=user)
-            | Q(memberships__user=user, memberships__status__in=_VISIBLE_MEMBERSHIP)
+        Allocation.objects.annotate(
+            mine=FilteredRelation("memberships", condition=Q(memberships__user=user))
         )
+        .filter(manages | Q(mine__status__in=_VISIBLE_MEMBERSHIP))
         .exclude(status=Status.DELETED)
+        .select_related("project", "project__pi", "cluster")
         .annotate(
             has_pending=Exists(
                 ChangeRequest.objects.filter(
                     allocation=OuterRef("pk"), state=ChangeRequest.State.PENDING
                 )
             ),
-            my_status=Subquery(mine.values("status")[:1]),
-            my_su_used=Subquery(mine.values("su_used")[:1]),
-            my_su_cap=Subquery(mine.values("su_cap")[:1]),
-            i_manage=Q(project__pi=user)
-            | Exists(
-                Project.managers.through.objects.filter(
-                    project_id=OuterRef("project_id"), user_id=user.pk
-                )
-            ),
+            my_status=F("mine__status"),
+            my_su_used=F("mine__su_used"),
+            my_su_cap=F("mine__su_cap"),
+            i_manage=manages,
         )
-        .distinct()
-        .order_by("project__title", "cluster__name", "name")
+        .order_by("project__title", "cluster__name", "name", "pk")
     )
 
 
@@ -369,62 +428,12 @@ def projects_managed_by(*, user: User) -> QuerySet[Project]:
     qs = Project.objects.select_related("pi").order_by("title")
     if user.is_superuser:
         return qs
-    return qs.filter(Q(pi=user) | Q(managers=user)).distinct()
-
-
-def _net_usage(allocation: Allocation, user: User | None):
-    """Usage rows and adjustment rows of an allocation (or of one member of it)."""
-    usage = Usage.objects.filter(allocation=allocation)
-    adjustments = UsageAdjustment.objects.filter(allocation=allocation)
-    if user is not None:
-        usage = usage.filter(user=user)
-        adjustments = adjustments.filter(user=user)
-    return usage, adjustments
-
-
-def usage_by_resource(*, allocation: Allocation, user: User | None = None) -> list[dict]:
-    """[{resource, su}] with adjustments counted against the resource of the job they adjust."""
-    usage, adjustments = _net_usage(allocation, user)
-    totals: dict[str, Decimal] = {}
-    for row in usage.values("resource__name").annotate(su=Sum("su_amount")).order_by():
-        totals[row["resource__name"]] = row["su"]
-    for row in adjustments.values("usage__resource__name").annotate(su=Sum("su_delta")).order_by():
-        name = row["usage__resource__name"]
-        totals[name] = totals.get(name, Decimal(0)) + row["su"]
-    return [{"resource": name, "su": su} for name, su in sorted(totals.items())]
-
-
-def usage_by_day(
-    *, allocation: Allocation, user: User | None = None
-) -> list[tuple[dt.date, Decimal]]:
-    """SUs charged per UTC day (adjustments on the day they were made); served by the
-    (allocation, charged_at) and (allocation, user, charged_at) indexes."""
-    usage, adjustments = _net_usage(allocation, user)
-    rows = [
-        (row["day"], row["su"])
-        for row in usage.annotate(day=TruncDate("charged_at"))
-        .values("day")
-        .annotate(su=Sum("su_amount"))
-        .order_by()
-    ]
-    rows += [
-        (row["day"], row["su"])
-        for row in adjustments.annotate(day=TruncDate("created"))
-        .values("day")
-        .annotate(su=Sum("su_delta"))
-        .order_by()
-    ]
-    return rows
-
-
-def budget_steps(*, allocation: Allocation) -> list[tuple[dt.date, Decimal]]:
-    """(day, budget after that day's last diff): the budget line of the burn-down chart."""
-    steps: dict[dt.date, Decimal] = {}
-    for created, budget in allocation.changes.order_by("created", "id").values_list(
-        "created", "su_budget"
-    ):
-        steps[created.date()] = budget
-    return sorted(steps.items())
+    return qs.filter(
+        Q(pi=user)
+        | Exists(
+            Project.managers.through.objects.filter(project_id=OuterRef("pk"), user_id=user.pk)
+        )
+    )
 
 
 def jobs_for(*, allocation: Allocation, user: User | None = None) -> QuerySet[Usage]:
@@ -494,7 +503,8 @@ def review_queue(
 ) -> QuerySet[ChangeRequest]:
     """Pending requests on the user's clusters (a superuser's: all), by priority then
     age; `max_su` keeps those asking for at most that many SUs (the small ones)."""
-    qs = pending_requests_for_admin(user=user).select_related("allocation__project__pi")
+    # The PIs in a query of their own: one more join would cost more to plan than that.
+    qs = pending_requests_for_admin(user=user).prefetch_related("allocation__project__pi")
     if cluster is not None:
         qs = qs.filter(allocation__cluster=cluster)
     if max_su is not None:
@@ -616,26 +626,30 @@ def commitments_for_requests(
         months[request.pk] = month_bounds(max(today, start))
     firsts = [first for first, _ in months.values()]
     lasts = [last for _, last in months.values()]
-    active = list(
-        Allocation.objects.filter(
-            cluster_id__in={r.allocation.cluster_id for r in requests},
-            status=Status.ACTIVE,
-            start__lte=max(lasts),
-            end__gte=min(firsts),
-        ).values_list("pk", "cluster_id", "su_budget", "start", "end")
-    )
+    by_cluster: dict[int, list[tuple]] = defaultdict(list)
+    for cluster_id, budget, start, end in Allocation.objects.filter(
+        cluster_id__in={r.allocation.cluster_id for r in requests},
+        status=Status.ACTIVE,
+        start__lte=max(lasts),
+        end__gte=min(firsts),
+    ).values_list("cluster_id", "su_budget", "start", "end"):
+        by_cluster[cluster_id].append((budget, start, end))
+    # Requests on one cluster mostly ask about the same month: sum its shares once.
+    committed_in: dict[tuple[int, dt.date], Decimal] = {}
     out = {}
     for request in requests:
         first, last = months[request.pk]
         allocation = request.allocation
-        committed = sum(
-            (
-                su_share_in(budget=budget, start=start, end=end, first=first, last=last)
-                for pk, cluster_id, budget, start, end in active
-                if cluster_id == allocation.cluster_id
-            ),
-            Decimal(0),
-        )
+        key = (allocation.cluster_id, first)
+        if key not in committed_in:
+            committed_in[key] = sum(
+                (
+                    su_share_in(budget=budget, start=start, end=end, first=first, last=last)
+                    for budget, start, end in by_cluster[allocation.cluster_id]
+                ),
+                Decimal(0),
+            )
+        committed = committed_in[key]
         after = committed
         if allocation.status == Status.ACTIVE:
             after -= su_share_in(
@@ -816,6 +830,34 @@ def _usage_rows(sql: str, allocation: Allocation, start: dt.date, end: dt.date) 
 def rollup_usage_by_day(*, allocation: Allocation, start: dt.date, end: dt.date) -> list[tuple]:
     """(day, SUs) of an allocation, in day order; one grouped query on the rollups."""
     return _usage_rows(_USAGE_BY_DAY_SQL, allocation, start, end)
+
+
+def rollup_usage_by_resource(*, allocation: Allocation, user: User | None = None) -> list[tuple]:
+    """(resource, SUs) of an allocation, or of one member of it, by resource name; one
+    grouped query on the rollups (their su already nets each job's adjustments)."""
+    rows = UsageDaily.objects.filter(allocation=allocation)
+    if user is not None:
+        rows = rows.filter(user=user)
+    return list(
+        rows.values("resource__name")
+        .annotate(total=Sum("su"))
+        .order_by("resource__name")
+        .values_list("resource__name", "total")
+    )
+
+
+def allocation_forecast(*, allocation: Allocation, today: dt.date) -> "Forecast":
+    """The forecast of the allocation's whole usage from the rollups of the burn-rate
+    window: one query whatever the number of usage records."""
+    window_start = today - dt.timedelta(days=RATE_WINDOW_DAYS)
+    return forecast(
+        points=rollup_usage_by_day(allocation=allocation, start=window_start, end=today),
+        start=allocation.start,
+        end=allocation.end,
+        budget=allocation.su_budget,
+        remaining=allocation.su_remaining,
+        today=today,
+    )
 
 
 def usage_by_member_period(

@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts.models import User
-from allocations import burn_down, selectors, services
+from allocations import selectors, services
 from allocations.conversion import SU_QUANTUM
 from allocations.models import Allocation, ChangeRequest, Membership, Project, Resource, Status
 from allocations.portal_forms import (
@@ -32,6 +32,7 @@ from allocations.portal_forms import (
     MemberStatusForm,
     show_refusal,
 )
+from portal.paging import counted_page
 
 PAGE_SIZE = 25
 JOBS_PAGE_SIZE = 50
@@ -63,18 +64,16 @@ class Access:
 def _allocation_access(request: HttpRequest, code) -> Access:
     """404 for anyone with no business on the allocation, so outsiders cannot even
     learn that a code exists."""
-    allocation = get_object_or_404(
-        Allocation.objects.select_related("project", "project__pi", "cluster"), code=code
-    )
-    user = request.user
-    manages = selectors.user_manages_project(user=user, project=allocation.project)
-    administers = selectors.user_administers_cluster(user=user, cluster=allocation.cluster)
-    membership = selectors.membership_for(allocation=allocation, user=user)
+    try:
+        viewer = selectors.allocation_viewer(user=request.user, code=code)
+    except Allocation.DoesNotExist:
+        raise Http404("No such allocation.") from None
+    membership = viewer.membership
     if membership is not None and membership.status == Status.DELETED:
         membership = None
-    if not (manages or administers or membership):
+    if not (viewer.manages or viewer.administers or membership):
         raise Http404("No such allocation.")
-    return Access(allocation, manages, administers, membership)
+    return Access(viewer.allocation, viewer.manages, viewer.administers, membership)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -146,7 +145,9 @@ def _member_balance(allocation: Allocation, membership: Membership | None) -> di
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    page = _page(request, selectors.portal_allocation_list(user=request.user))
+    page = counted_page(
+        selectors.portal_allocation_list(user=request.user), request.GET.get("page"), PAGE_SIZE
+    )
     rows = []
     for allocation in page:
         balance = _balance(allocation, has_pending=allocation.has_pending)
@@ -164,7 +165,12 @@ def home(request: HttpRequest) -> HttpResponse:
         {
             "page": page,
             "rows": rows,
-            "can_request": selectors.projects_managed_by(user=request.user)
+            # An allocation of an active project the user manages already says yes;
+            # otherwise ask (they may manage a project with no allocation listed).
+            "can_request": any(
+                a.i_manage and a.project.status == Status.ACTIVE for a in page.object_list
+            )
+            or selectors.projects_managed_by(user=request.user)
             .filter(status=Status.ACTIVE)
             .exists(),
         },
@@ -182,16 +188,6 @@ def _context(access: Access, tab: str, **extra) -> dict:
 def allocation_detail(request: HttpRequest, code) -> HttpResponse:
     access = _allocation_access(request, code)
     allocation = access.allocation
-    has_pending = allocation.change_requests.filter(state=ChangeRequest.State.PENDING).exists()
-    # A member sees the allocation's balance but only their own usage.
-    only = None if access.sees_all else request.user
-    burn = burn_down.burn_down(
-        start=allocation.start,
-        end=allocation.end,
-        today=timezone.localdate(),
-        budget_steps=selectors.budget_steps(allocation=allocation),
-        daily_usage=selectors.usage_by_day(allocation=allocation),
-    )
     top_members = []
     if access.sees_all:
         top_members = list(
@@ -199,16 +195,24 @@ def allocation_detail(request: HttpRequest, code) -> HttpResponse:
             .exclude(status=Status.DELETED)
             .order_by("-su_used", "user__username")[:10]
         )
+    # The figures come from the daily rollups: the burn-down and the usage charts are
+    # fetched by the page from the chart endpoints, and the page itself reads only the
+    # forecast's window and the totals by resource, whatever the number of usage rows.
     return render(
         request,
         "portal/allocation_detail.html",
         _context(
             access,
             "overview",
-            balance=_balance(allocation, has_pending=has_pending),
+            balance=_balance(allocation, has_pending=allocation.has_pending),
             mine=_member_balance(allocation, access.membership),
-            burn=burn,
-            by_resource=selectors.usage_by_resource(allocation=allocation, user=only),
+            forecast=selectors.allocation_forecast(
+                allocation=allocation, today=timezone.now().date()
+            ),
+            # A member sees the allocation's balance but only their own usage.
+            by_resource=selectors.rollup_usage_by_resource(
+                allocation=allocation, user=None if access.sees_all else request.user
+            ),
             top_members=top_members,
             resources=allocation.resources.order_by("name"),
         ),

@@ -10,14 +10,7 @@ register = template.Library()
 @register.filter
 def can_review(user) -> bool:
     """Whether the nav shows the review queue: superusers and the admins of any cluster."""
-    if not user.is_authenticated:
-        return False
-    # Memoised on the user: the layout asks once per page, and included templates may ask again.
-    cached = getattr(user, "_portal_can_review", None)
-    if cached is None:
-        cached = user.is_superuser or selectors.user_administers_any_cluster(user=user)
-        user._portal_can_review = cached
-    return cached
+    return user.is_superuser or selectors.user_administers_any_cluster(user=user)
 
 
 @register.filter

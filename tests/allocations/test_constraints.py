@@ -782,9 +782,10 @@ class TestUsageIndexes:
             if cols[0] == "allocation_id"
         }
 
-        # The unique key (the upsert's target) and the charts' covering index; the
-        # foreign key's own index on allocation_id is gone.
+        # The unique key (the upsert's target) and the indexes the charts and the
+        # allocation page read from alone; the foreign key's own index is gone.
         assert led_by_allocation == {
             "allocations_usagedaily_one_per_key",
             "alloc_usagedaily_charts",
+            "alloc_usagedaily_resource",
         }

@@ -58,7 +58,8 @@ def test_the_pi_sees_every_chart_of_an_allocation_and_its_project(new_page, char
 
     page.goto(f"/allocations/{charged.code}/")
     expect(page.locator("#burn-down svg.main-svg").first).to_be_visible()
-    expect_charts_drawn(page, 2)
+    # The burn-down, then the usage by member and by resource.
+    expect_charts_drawn(page, 3)
 
     page.goto(f"/projects/{charged.project.code}/")
     expect_charts_drawn(page, 1)

@@ -1,7 +1,14 @@
+import datetime as dt
+import re
+
 import pytest
+from django.utils import timezone
 
 from allocations import services
-from tests.conftest import usage
+from allocations.models import Usage, UsageDaily
+from allocations.rollups import rollups_refresh_all
+from allocations.templatetags.portal import su
+from tests.conftest import NOW, usage
 from tests.portal_pages.conftest import add_rows, client_as, queries_for
 
 ALL_PAGES = ["overview", "jobs", "members", "requests", "history", "change-request"]
@@ -47,29 +54,82 @@ class TestWhoSeesWhat:
         assert "Your membership is inactive" in body
 
 
+JUNE_10 = dt.datetime(2026, 6, 10, 12, tzinfo=dt.UTC)
+
+
+def charge(allocation, user, resource, job_id: str, unit_hours) -> None:
+    services.usage_record(
+        cluster=allocation.cluster,
+        record=usage(allocation, user, resource, job_id, unit_hours, when=JUNE_10),
+    )
+
+
+def by_resource(body: str, heading: str) -> list[tuple[str, str]]:
+    """The (resource, SU) rows of the table under the heading."""
+    table = body.split(heading)[1].split("</table>")[0]
+    return re.findall(r'<tr><td>([^<]+)</td><td class="num">([^<]+)</td></tr>', table)
+
+
 class TestOverview:
-    def test_it_shows_the_balance_and_the_chart(self, pages, allocation, alice, gpu):
-        services.usage_record(
-            cluster=allocation.cluster, record=usage(allocation, alice, gpu, "1", 5)
-        )
+    @pytest.fixture(autouse=True)
+    def clock(self, monkeypatch):
+        monkeypatch.setattr(timezone, "now", lambda: NOW)
+
+    def test_it_shows_the_balance_the_forecast_and_the_charts(self, pages, allocation, alice, gpu):
+        charge(allocation, alice, gpu, "1", 5)
+        rollups_refresh_all(allocation_ids=[allocation.pk])
         body = client_as(alice).get(pages["overview"]).content.decode()
         assert 'data-testid="remaining">990<' in body
-        assert 'id="burn-down-data"' in body
-        assert "/static/plotly/plotly.min.js" in body
-        assert "GPU H200" in body
+        # 10 SUs over the 28 days up to June 15th; 200 days left at that rate use 71.
+        assert (
+            "At 0.3571 SUs a day over the last 28 days, about 918 SUs will likely go unused "
+            "by 2026-12-31" in body
+        )
+        for chart in ("burndown", "members", "resources"):
+            url = f"/api/v1/allocations/{allocation.code}/charts/{chart}/"
+            assert f'data-chart-url="{url}"' in body
+        assert by_resource(body, "Usage by resource") == [("GPU H200", "10")]
+
+    def test_before_its_start_it_says_when_it_starts(self, pages, allocation, alice, monkeypatch):
+        monkeypatch.setattr(timezone, "now", lambda: dt.datetime(2025, 12, 15, tzinfo=dt.UTC))
+        body = client_as(alice).get(pages["overview"]).content.decode()
+        forecast = body.split('data-testid="forecast">')[1].split("</p>")[0]
+        assert " ".join(forecast.split()) == "The allocation starts on 2026-01-01."
+
+    def test_the_totals_by_resource_are_read_from_the_rollups(self, pages, allocation, alice, gpu):
+        charge(allocation, alice, gpu, "1", 5)  # its rollups move with the batch
+        client = client_as(alice)
+        body = client.get(pages["overview"]).content.decode()
+        assert by_resource(body, "Usage by resource") == [("GPU H200", "10")]
+        # Without rollup rows the page has nothing to show, whatever the usage table holds.
+        UsageDaily.objects.filter(allocation=allocation).delete()
+        assert "No usage yet." in client.get(pages["overview"]).content.decode()
+        rollups_refresh_all(allocation_ids=[allocation.pk])
+        body = client.get(pages["overview"]).content.decode()
+        assert by_resource(body, "Usage by resource") == [("GPU H200", "10")]
+
+    def test_the_pi_sees_every_members_usage(self, pages, allocation, alice, bob, gpu, cpu):
+        charge(allocation, alice, gpu, "1", 5)
+        charge(allocation, bob, cpu, "2", 100)
+        charge(allocation, bob, gpu, "3", 1)
+        rollups_refresh_all(allocation_ids=[allocation.pk])
+        bob_cpu = su(Usage.objects.get(job_id="2").su_amount)
+        body = client_as(alice).get(pages["overview"]).content.decode()
+        assert by_resource(body, "Usage by resource") == [(cpu.name, bob_cpu), ("GPU H200", "12")]
+        assert "Usage by member" in body
 
     def test_a_member_sees_only_their_own_usage(self, pages, allocation, alice, bob, gpu, cpu):
-        services.usage_record(
-            cluster=allocation.cluster, record=usage(allocation, alice, gpu, "1", 5)
-        )
-        services.usage_record(
-            cluster=allocation.cluster, record=usage(allocation, bob, cpu, "2", 100)
-        )
+        charge(allocation, alice, gpu, "1", 5)
+        charge(allocation, bob, cpu, "2", 100)
+        rollups_refresh_all(allocation_ids=[allocation.pk])
+        bob_cpu = su(Usage.objects.get(job_id="2").su_amount)
         body = client_as(bob).get(pages["overview"]).content.decode()
-        assert "Your usage by resource" in body
-        assert "GPU H200" not in body.split("Your usage by resource")[1]
+        assert by_resource(body, "Your usage by resource") == [(cpu.name, bob_cpu)]
         assert "Usage by member" not in body
         assert "Alice Archer</td>" not in body
+        # The burn-down is the allocation's: the forecast counts everyone's usage
+        # (alice's 10 SUs and bob's 1 over 28 days).
+        assert "At 0.3929 SUs a day over the last 28 days" in body
 
 
 class TestHistoryAndRequests:
