@@ -8,6 +8,9 @@ from decimal import Decimal
 import pytest
 from django.conf import settings
 from django.core.cache import cache
+from django.core.servers.basehttp import WSGIServer
+from django.db import connections
+from django.test.testcases import LiveServerThread
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -36,6 +39,31 @@ def _plain_http():
     # once, when it starts) sees it too; tests/security/test_hardening.py checks the
     # redirect.
     settings.SECURE_SSL_REDIRECT = False
+
+
+class _SerialWSGIServer(WSGIServer):
+    """The live server's WSGIServer without threads: LiveServerThread hands it the
+    connections to share, which its own thread (the only one serving) already uses."""
+
+    def __init__(self, *args, connections_override=None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_request_at_a_time_on_sqlite():
+    """On SQLite the test database is in memory and the live server shares the test's
+    connection with its request threads (pytest-django passes it over); Django warns
+    that queries through it from two threads at once may fail at random, and pages
+    that load several charts at once left requests hanging inside SQLite. There the
+    live server answers one request at a time (Django then closes each connection after
+    its answer); on PostgreSQL each thread has its own connection and stays threaded."""
+    if connections["default"].vendor != "sqlite":
+        yield
+        return
+    threaded = LiveServerThread.server_class
+    LiveServerThread.server_class = _SerialWSGIServer
+    yield
+    LiveServerThread.server_class = threaded
 
 
 @pytest.fixture(autouse=True)

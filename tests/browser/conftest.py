@@ -25,27 +25,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_request_at_a_time_on_sqlite(django_db_setup):
-    """On an in-memory SQLite database the live server shares the test's connection
-    with its request threads (pytest-django passes it over), and Django warns that
-    queries through it from two threads at once may fail at random: pages that load
-    several charts at once left requests hanging inside SQLite. There the live server
-    answers one request at a time (Django then closes each connection after its
-    answer); on PostgreSQL each thread has its own connection and stays threaded."""
-    from django.core.servers.basehttp import WSGIServer
-    from django.db import connection
-    from django.test.testcases import LiveServerThread
-
-    if not (connection.vendor == "sqlite" and connection.is_in_memory_db()):
-        yield
-        return
-    threaded = LiveServerThread.server_class
-    LiveServerThread.server_class = WSGIServer
-    yield
-    LiveServerThread.server_class = threaded
-
-
 def _unavailable(reason: str):
     if os.environ.get("REQUIRE_BROWSER") == "1":
         pytest.fail(f"REQUIRE_BROWSER=1 but {reason}", pytrace=False)
