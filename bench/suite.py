@@ -380,7 +380,10 @@ def wrk(server, path: str, *, body: str | None, env: dict, seconds: float) -> di
     argv = [
         "wrk",
         "--threads=1",
-        "--connections=2",
+        # One connection: requests one after another, so p50 is each request's own latency.
+        # With two, both landed on one of the two workers about half the time, and the
+        # p50 of whichever run that was doubled.
+        "--connections=1",
         f"--duration={max(1, round(seconds))}s",
         "--timeout=30s",
         "--latency",
