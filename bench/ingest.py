@@ -356,6 +356,11 @@ def run(
     began = time.perf_counter()
     recreate_database(database_url)
     use_database(database_url)
+    from django.conf import settings
+
+    # The services e-mail every request and approval of the site built here: nobody reads
+    # them, and the console backend would bury the table.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
     migrate()
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as work:
         figures = _measure(
