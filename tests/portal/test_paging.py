@@ -1,7 +1,7 @@
 import pytest
 
 from accounts.models import User
-from portal.paging import counted_page
+from portal.paging import counted_page, page_of_rows
 from tests.conftest import make_user
 
 
@@ -44,3 +44,42 @@ class TestCountedPage:
         assert list(page) == []
         assert page.paginator.count == 0
         assert page.paginator.num_pages == 1
+
+
+class TestPageOfRows:
+    """page_of_rows pages a plain SQL statement the same way counted_page pages a queryset."""
+
+    SQL = (
+        "SELECT username, COUNT(*) OVER () AS rows_in_list FROM accounts_user "
+        "ORDER BY username LIMIT %s OFFSET %s"
+    )
+
+    def fetch(self, limit, offset):
+        from portal.rows import fetch
+
+        return fetch(self.SQL, [limit, offset])
+
+    def test_one_query_gives_the_rows_and_the_count(self, users, django_assert_num_queries):
+        with django_assert_num_queries(1):
+            page = page_of_rows(self.fetch, "2", 3)
+        assert [r["username"] for r in page] == ["u3", "u4", "u5"]
+        assert page.paginator.count == 7
+        assert page.paginator.num_pages == 3
+
+    @pytest.mark.parametrize("number", [None, "", "junk", "1.5"])
+    def test_anything_but_a_number_is_the_first_page(self, users, number):
+        page = page_of_rows(self.fetch, number, 3)
+        assert page.number == 1
+        assert [r["username"] for r in page] == ["u0", "u1", "u2"]
+
+    @pytest.mark.parametrize("number", ["0", "-2", "4", "999"])
+    def test_a_number_past_either_end_is_the_last_page(self, users, number):
+        page = page_of_rows(self.fetch, number, 3)
+        assert page.number == 3
+        assert [r["username"] for r in page] == ["u6"]
+
+    def test_an_empty_list_is_one_empty_page(self, db):
+        page = page_of_rows(self.fetch, "3", 3)
+        assert page.number == 1
+        assert list(page) == []
+        assert page.paginator.count == 0

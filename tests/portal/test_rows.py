@@ -1,0 +1,54 @@
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from allocations.models import Allocation
+from portal.rows import fetch, link, to_su
+
+
+@pytest.mark.django_db
+class TestFetch:
+    def test_amounts_flags_and_dates_have_their_python_types_on_every_database(self, allocation):
+        Allocation.objects.filter(pk=allocation.pk).update(su_budget=Decimal("1234.5678"))
+        allocation.refresh_from_db()
+        rows = fetch(
+            "SELECT a.code, a.su_budget, a.su_used, a.start, a.created, "
+            "EXISTS (SELECT 1 FROM allocations_allocation b WHERE b.id = a.id) AS here "
+            "FROM allocations_allocation a WHERE a.id = %(id)s",
+            {"id": allocation.pk},
+            decimals=["su_budget", "su_used"],
+            bools=["here"],
+            dates=["start"],
+            datetimes=["created"],
+        )
+        assert len(rows) == 1
+        row = rows[0]
+        assert row["code"] is not None
+        assert row["su_budget"] == Decimal("1234.5678")
+        assert isinstance(row["su_budget"], Decimal) and isinstance(row["su_used"], Decimal)
+        assert row["here"] is True
+        assert row["start"] == allocation.start
+        assert row["created"] == Allocation.objects.get(pk=allocation.pk).created
+
+    def test_no_rows_is_an_empty_list(self):
+        assert fetch("SELECT id FROM allocations_allocation WHERE id = %s", [-1]) == []
+
+
+def test_to_su_keeps_four_places_exactly():
+    assert to_su(0.1) == Decimal("0.1000")
+    assert to_su(12345678.1234) == Decimal("12345678.1234")
+    assert to_su(None) is None
+    assert to_su(Decimal("2.5")) == Decimal("2.5")
+
+
+def test_link_gives_the_same_url_as_reverse():
+    from django.urls import reverse
+
+    code = uuid.uuid4()
+    assert link("allocations:allocation")(code) == reverse("allocations:allocation", args=[code])
+
+
+def test_link_refuses_a_view_without_one_code():
+    with pytest.raises(Exception):
+        link("allocations:home")
