@@ -40,7 +40,7 @@ def fetch(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         names = [column[0] for column in cursor.description]
-        rows = [dict(zip(names, values)) for values in cursor.fetchall()]
+        rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
     if connection.vendor == "postgresql":
         return rows  # psycopg answers Decimal, bool, date and aware datetime already.
     converters = [

@@ -50,5 +50,7 @@ def test_link_gives_the_same_url_as_reverse():
 
 
 def test_link_refuses_a_view_without_one_code():
-    with pytest.raises(Exception):
+    from django.urls import NoReverseMatch
+
+    with pytest.raises(NoReverseMatch):
         link("allocations:home")
