@@ -12,6 +12,7 @@ turns back into bool and exact Decimal.
 """
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 
@@ -33,21 +34,23 @@ def fetch(
     bools: Iterable[str] = (),
     dates: Iterable[str] = (),
     datetimes: Iterable[str] = (),
+    uuids: Iterable[str] = (),
 ) -> list[dict]:
     """The rows of one statement as dicts keyed by column name. The columns named in
-    decimals, bools, dates and datetimes get their Python type whatever the database
-    answered (SQLite: floats, 0/1 and ISO strings)."""
+    decimals, bools, dates, datetimes and uuids get their Python type whatever the
+    database answered (SQLite: floats, 0/1, ISO strings and bare hex)."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         names = [column[0] for column in cursor.description]
         rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
     if connection.vendor == "postgresql":
-        return rows  # psycopg answers Decimal, bool, date and aware datetime already.
+        return rows  # psycopg answers Decimal, bool, date, aware datetime and UUID already.
     converters = [
         *((name, to_su) for name in decimals),
         *((name, _to_bool) for name in bools),
         *((name, _to_date) for name in dates),
         *((name, _to_datetime) for name in datetimes),
+        *((name, _to_uuid) for name in uuids),
     ]
     for row in rows:
         for name, convert in converters:
@@ -79,6 +82,12 @@ def _to_datetime(value) -> dt.datetime | None:
     parsed = value if isinstance(value, dt.datetime) else parse_datetime(value)
     # Django's SQLite backend stores aware datetimes as naive UTC.
     return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+
+
+def _to_uuid(value) -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    return uuid.UUID(value)
 
 
 def link(name: str) -> Callable[[object], str]:

@@ -21,10 +21,11 @@ class TestFetch:
             bools=["here"],
             dates=["start"],
             datetimes=["created"],
+            uuids=["code"],
         )
         assert len(rows) == 1
         row = rows[0]
-        assert row["code"] is not None
+        assert row["code"] == allocation.code
         assert row["su_budget"] == Decimal("1234.5678")
         assert isinstance(row["su_budget"], Decimal) and isinstance(row["su_used"], Decimal)
         assert row["here"] is True
