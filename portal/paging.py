@@ -51,19 +51,19 @@ def counted_page(qs: QuerySet, page: str | None, per_page: int) -> Page:
     return Paginator(qs, per_page).get_page(page)
 
 
-def page_of_rows(fetch: Callable[[int, int], list[dict]], page: str | None, per_page: int) -> Page:
-    """counted_page for plain SQL (portal/rows.py): fetch(limit, offset) answers the rows
+def page_of_rows(fetch: Callable[..., list[dict]], page: str | None, per_page: int) -> Page:
+    """counted_page for plain SQL (portal/rows.py): fetch(limit=, offset=) answers the rows
     of one page, each carrying the number of rows in the whole list as rows_in_list
     (COUNT(*) OVER (), evaluated before LIMIT and OFFSET)."""
     number = _number(page)
     if number is not None:
-        rows = fetch(per_page, (number - 1) * per_page)
+        rows = fetch(limit=per_page, offset=(number - 1) * per_page)
         if rows or number == 1:
             count = rows[0]["rows_in_list"] if rows else 0
             return Page(rows, number, _CountedPaginator(count, per_page))
     # Past either end: the last page, as Paginator.get_page does.
-    first = fetch(per_page, 0)
+    first = fetch(limit=per_page, offset=0)
     count = first[0]["rows_in_list"] if first else 0
     last = max(1, -(-count // per_page))
-    rows = first if last == 1 else fetch(per_page, (last - 1) * per_page)
+    rows = first if last == 1 else fetch(limit=per_page, offset=(last - 1) * per_page)
     return Page(rows, last, _CountedPaginator(count, per_page))

@@ -4,6 +4,7 @@ environment (see the table in README.md); defaults give a working local portal o
 import datetime as dt
 from pathlib import Path
 
+import jinja2
 from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
@@ -76,6 +77,15 @@ TEMPLATES = [
                 "accounts.context_processors.sign_in",
             ],
         },
+    },
+    # The rows of the busiest tables only (portal/fragments.py says why); every page is
+    # a Django template.
+    {
+        "BACKEND": "django.template.backends.jinja2.Jinja2",
+        "NAME": "fragments",
+        "DIRS": [BASE_DIR / "templates" / "fragments"],
+        "APP_DIRS": False,
+        "OPTIONS": {"undefined": jinja2.StrictUndefined, "autoescape": True},
     },
 ]
 
