@@ -396,8 +396,9 @@ def sync_report_list_for_cluster(*, cluster: Cluster) -> QuerySet[SyncReport]:
 # queryset): those of projects the user leads or manages and those they are a member of,
 # with the user's own membership (at most one row, so no DISTINCT) and whether a request
 # is pending. The PI's and cluster's names are scalar subqueries, not joins: PostgreSQL
-# took longer to plan each join than to run the whole statement. Unlike allocation_list_for, a cluster admin's clusters are not listed here
-# (the review queue is their view of them), nor is every allocation for a superuser.
+# took longer to plan each join than to run the whole statement. Unlike
+# allocation_list_for, a cluster admin's clusters are not listed here (the review queue
+# is their view of them), nor is every allocation for a superuser.
 _DASHBOARD_SQL = """
 SELECT a.code, a.name, a.status, a."end", a.su_budget, a.su_used, a.su_held,
     p.code AS project_code, p.title AS project_title, p.status AS project_status,
