@@ -32,6 +32,7 @@ from allocations.models import (
     Resource,
     Status,
 )
+from portal.rows import columns, instances
 
 
 class Reason(StrEnum):
@@ -177,43 +178,6 @@ def parse_estimate(
     return None, count * wall
 
 
-def _columns(model, alias: str) -> str:
-    return ", ".join(f"{alias}.{connection.ops.quote_name(f.column)}" for f in _fields(model))
-
-
-def _fields(model) -> list:
-    return list(model._meta.concrete_fields)
-
-
-@functools.cache
-def _converters(model, vendor: str) -> tuple[list[str], list[tuple]]:
-    """The attnames of a model's columns, and for each its column expression and the
-    functions the ORM converts its database value with (computed once per model)."""
-    fields = _fields(model)
-    converters = []
-    for f in fields:
-        expression = f.get_col(model._meta.db_table)
-        converters.append(
-            (
-                expression,
-                connection.ops.get_db_converters(expression) + f.get_db_converters(connection),
-            )
-        )
-    return [f.attname for f in fields], converters
-
-
-def _instance(model, values: list):
-    """A model instance from its columns as the database returned them, converted as
-    the ORM converts them (SQLite hands back decimals and times as text)."""
-    attnames, converters = _converters(model, connection.vendor)
-    converted = []
-    for value, (expression, functions) in zip(values, converters, strict=True):
-        for convert in functions:
-            value = convert(value, expression, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, attnames, converted)
-
-
 # Every model _resolve reads, in the order of its columns.
 _RESOLVED = (
     (Allocation, "a"),
@@ -229,9 +193,9 @@ _RESOLVED = (
 def _resolve_sql(vendor: str) -> str:
     """_resolve's statement, built once from the models' columns."""
     through = Allocation.resources.through._meta.db_table
-    columns = ", ".join(_columns(model, alias) for model, alias in _RESOLVED)
+    selected = ", ".join(columns(model, alias) for model, alias in _RESOLVED)
     return f"""
-        SELECT {columns}, ids.user_id IS NOT NULL, ids.resource_id IS NOT NULL,
+        SELECT {selected}, ids.user_id IS NOT NULL, ids.resource_id IS NOT NULL,
                EXISTS (SELECT 1 FROM {through} ar
                        WHERE ar.allocation_id = ids.allocation_id
                          AND ar.resource_id = ids.resource_id)
@@ -271,14 +235,11 @@ def _resolve(
             _resolve_sql(connection.vendor),
             [cluster.pk, account, username, cluster.pk, resource_name, at_value, at_value],
         )
-        row = list(cursor.fetchone())
-    user_known, resource_known, has_resource = row[-3:]
-    objects, i = {}, 0
-    for model, _ in _RESOLVED:
-        n = len(_fields(model))
-        values = row[i : i + n]
-        objects[model] = None if values[0] is None else _instance(model, values)
-        i += n
+        row = cursor.fetchone()
+    found, (user_known, resource_known, has_resource) = instances(
+        row, [model for model, _ in _RESOLVED]
+    )
+    objects = dict(zip([model for model, _ in _RESOLVED], found, strict=True))
     allocation, membership, rate = objects[Allocation], objects[Membership], objects[Rate]
     if allocation is None:
         return Admission(False, Reason.UNKNOWN_ALLOCATION)

@@ -2,6 +2,7 @@
 
 import csv
 import datetime as dt
+import functools
 import math
 import uuid
 from collections import defaultdict
@@ -15,7 +16,6 @@ from django.db.models import (
     Count,
     Exists,
     F,
-    FilteredRelation,
     OuterRef,
     Prefetch,
     Q,
@@ -49,7 +49,7 @@ from allocations.models import (
     UsageImport,
     su_field,
 )
-from portal.rows import fetch
+from portal.rows import columns, fetch, instances
 
 if TYPE_CHECKING:
     from allocations.slurm import DesiredState
@@ -244,41 +244,66 @@ class Viewer:
     membership: Membership | None
 
 
-def allocation_viewer(*, user: User, code) -> Viewer:
-    """The allocation with the user's rights on it and their membership, in one query
-    (the rights of user_manages_project and user_administers_cluster, as EXISTS
-    subqueries). The allocation carries has_pending: whether a request awaits a decision.
-    Raises Allocation.DoesNotExist."""
-    allocation = (
-        Allocation.objects.annotate(
-            # At most one row: one membership per (allocation, user).
-            mine=FilteredRelation("memberships", condition=Q(memberships__user=user)),
-            i_manage=Exists(
-                Project.managers.through.objects.filter(
-                    project_id=OuterRef("project_id"), user_id=user.pk
-                )
-            ),
-            i_administer=Exists(
-                Cluster.admins.through.objects.filter(
-                    cluster_id=OuterRef("cluster_id"), user_id=user.pk
-                )
-            ),
-            has_pending=Exists(
-                ChangeRequest.objects.filter(
-                    allocation=OuterRef("pk"), state=ChangeRequest.State.PENDING
-                )
-            ),
-        )
-        .select_related("project", "project__pi", "cluster", "mine")
-        .get(code=code)
+_VIEWER_MODELS = (Allocation, Project, User, Cluster, Membership)
+
+
+@functools.cache
+def _allocation_viewer_sql(vendor: str) -> str:
+    """allocation_viewer's statement, built once from the models' columns."""
+    selected = ", ".join(
+        columns(model, alias)
+        for model, alias in zip(_VIEWER_MODELS, ("a", "p", "pi", "c", "m"), strict=True)
     )
+    return f"""
+        SELECT {selected},
+            p.pi_id = %(user)s OR EXISTS (
+                SELECT 1 FROM allocations_project_managers pm
+                WHERE pm.project_id = a.project_id AND pm.user_id = %(user)s),
+            EXISTS (
+                SELECT 1 FROM allocations_cluster_admins ca
+                WHERE ca.cluster_id = a.cluster_id AND ca.user_id = %(user)s),
+            EXISTS (
+                SELECT 1 FROM allocations_changerequest r
+                WHERE r.allocation_id = a.id AND r.state = %(pending)s)
+        FROM allocations_allocation a
+        JOIN allocations_project p ON p.id = a.project_id
+        JOIN accounts_user pi ON pi.id = p.pi_id
+        JOIN allocations_cluster c ON c.id = a.cluster_id
+        LEFT JOIN allocations_membership m ON m.allocation_id = a.id AND m.user_id = %(user)s
+        WHERE a.code = %(code)s
+    """  # noqa: S608 (table and column names from the models; values are parameters)
+
+
+def allocation_viewer(*, user: User, code) -> Viewer:
+    """The allocation (with its project, PI and cluster) and the user's rights on it and
+    membership, in one plain statement (portal/rows.py says why): the rights of
+    user_manages_project and user_administers_cluster as EXISTS subqueries. The
+    allocation carries has_pending: whether a request awaits a decision. Raises
+    Allocation.DoesNotExist."""
+    params = {
+        "user": user.pk,
+        "code": Allocation._meta.get_field("code").get_db_prep_value(code, connection),
+        "pending": str(ChangeRequest.State.PENDING),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_allocation_viewer_sql(connection.vendor), params)
+        row = cursor.fetchone()
+    if row is None:
+        raise Allocation.DoesNotExist
+    (allocation, project, pi, cluster, membership), (manages, administers, pending) = instances(
+        row, _VIEWER_MODELS
+    )
+    project.pi = pi
+    allocation.project, allocation.cluster = project, cluster
+    allocation.has_pending = bool(pending)
+    if membership is not None:
+        membership.allocation, membership.user = allocation, user
     superuser = user.is_superuser
     return Viewer(
         allocation=allocation,
-        manages=superuser or allocation.project.pi_id == user.pk or allocation.i_manage,
-        administers=superuser or allocation.i_administer,
-        # Absent, not None, when the join found no row.
-        membership=getattr(allocation, "mine", None),
+        manages=superuser or bool(manages),
+        administers=superuser or bool(administers),
+        membership=membership,
     )
 
 
@@ -867,6 +892,96 @@ def rollup_usage_by_resource(*, allocation: Allocation, user: User | None = None
         .annotate(total=Sum("su"))
         .order_by("resource__name")
         .values_list("resource__name", "total")
+    )
+
+
+# The allocation page's figures in one statement, four kinds of row told apart by
+# "part" (portal/rows.py says why not four querysets): the resources the allocation
+# offers, SUs by resource (of one member when %(member)s is set), SUs a day over the
+# forecast's window, and the ten members who used most (only when %(members)s is 1).
+# All but the last read the daily rollups, so the cost does not grow with usage. The
+# first row kind's NULLs are cast: PostgreSQL types a UNION's columns from its first rows.
+_OVERVIEW_SQL = """
+SELECT 'offered' AS part, r.name AS name, CAST(NULL AS DATE) AS day,
+    CAST(NULL AS NUMERIC) AS su, CAST(NULL AS NUMERIC) AS cap, CAST(NULL AS TEXT) AS status,
+    CAST(NULL AS INTEGER) AS rank
+FROM allocations_allocation_resources ar
+JOIN allocations_resource r ON r.id = ar.resource_id
+WHERE ar.allocation_id = %(allocation)s
+UNION ALL
+SELECT 'resource', (SELECT r.name FROM allocations_resource r WHERE r.id = g.resource_id),
+    NULL, g.su, NULL, NULL, NULL
+FROM (
+    SELECT resource_id, SUM(su) AS su FROM allocations_usagedaily
+    WHERE allocation_id = %(allocation)s
+        AND (%(member)s IS NULL OR user_id = %(member)s)
+    GROUP BY resource_id
+) g
+UNION ALL
+SELECT 'day', NULL, day, SUM(su), NULL, NULL, NULL FROM allocations_usagedaily
+WHERE allocation_id = %(allocation)s AND day >= %(start)s AND day <= %(today)s
+GROUP BY day
+UNION ALL
+SELECT 'member', t.name, NULL, t.su_used, t.su_cap, t.status, t.rank FROM (
+    SELECT COALESCE(NULLIF(TRIM(u.first_name || ' ' || u.last_name), ''), u.username) AS name,
+        m.su_used, m.su_cap, m.status,
+        ROW_NUMBER() OVER (ORDER BY m.su_used DESC, u.username) AS rank
+    FROM allocations_membership m JOIN accounts_user u ON u.id = m.user_id
+    WHERE m.allocation_id = %(allocation)s AND m.status <> %(deleted)s AND %(members)s = 1
+    ORDER BY m.su_used DESC, u.username
+    LIMIT 10
+) t
+"""
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What the allocation page shows beside the balance."""
+
+    resources: list[str]  # the resources the allocation offers, by name
+    by_resource: list[tuple[str, Decimal]]  # SUs by resource name, of usage so far
+    forecast: "Forecast"
+    top_members: list[dict]  # name, su_used, su_cap, status: most used first
+
+
+def allocation_overview(
+    *, allocation: Allocation, today: dt.date, member: User | None, with_members: bool
+) -> Overview:
+    """The allocation page's figures in one query: by resource of the whole allocation,
+    or of `member` alone (a plain member sees only their own usage); the forecast of the
+    whole allocation's usage; and the top members when `with_members`."""
+    window_start = today - dt.timedelta(days=RATE_WINDOW_DAYS)
+    rows = fetch(
+        _OVERVIEW_SQL,
+        {
+            "allocation": allocation.pk,
+            "member": None if member is None else member.pk,
+            "start": window_start,
+            "today": today,
+            "deleted": str(Status.DELETED),
+            "members": 1 if with_members else 0,
+        },
+        decimals=["su", "cap"],
+        dates=["day"],
+    )
+    parts = defaultdict(list)
+    for row in rows:
+        parts[row["part"]].append(row)
+    return Overview(
+        resources=sorted(r["name"] for r in parts["offered"]),
+        by_resource=sorted((r["name"], r["su"]) for r in parts["resource"]),
+        forecast=forecast(
+            points=sorted((r["day"], r["su"]) for r in parts["day"]),
+            start=allocation.start,
+            end=allocation.end,
+            budget=allocation.su_budget,
+            remaining=allocation.su_remaining,
+            today=today,
+        ),
+        top_members=[
+            {"name": r["name"], "su_used": r["su"], "su_cap": r["cap"], "status": r["status"]}
+            for r in sorted(parts["member"], key=lambda r: r["rank"])
+        ],
     )
 
 

@@ -246,24 +246,57 @@ def _dashboard_row(r: dict, today: dt.date, allocation_url, project_url) -> dict
 # --- one allocation -----------------------------------------------------------------
 
 
+# The links of every allocation page's head and tabs (templates/portal/_allocation_head.html).
+_ALLOCATION_LINKS = {
+    "overview": "allocations:allocation",
+    "jobs": "allocations:jobs",
+    "members": "allocations:members",
+    "requests": "allocations:requests",
+    "history": "allocations:history",
+    "change": "allocations:change-request",
+    "burndown_chart": "allocation-chart-burndown",
+    "members_chart": "allocation-chart-members",
+    "resources_chart": "allocation-chart-resources",
+}
+
+
 def _context(access: Access, tab: str, **extra) -> dict:
-    return {"access": access, "allocation": access.allocation, "tab": tab, **extra}
+    allocation = access.allocation
+    links = {key: link(name)(allocation.code) for key, name in _ALLOCATION_LINKS.items()}
+    links["project"] = link("allocations:project")(allocation.project.code)
+    return {
+        "access": access,
+        "allocation": allocation,
+        "tab": tab,
+        "links": links,
+        "status_badge": _BADGE_OF_STATUS.get(allocation.status, "badge-bad"),
+        **extra,
+    }
 
 
 @login_required
 def allocation_detail(request: HttpRequest, code) -> HttpResponse:
     access = _allocation_access(request, code)
     allocation = access.allocation
-    top_members = []
-    if access.sees_all:
-        top_members = list(
-            selectors.memberships_for_allocation(allocation=allocation)
-            .exclude(status=Status.DELETED)
-            .order_by("-su_used", "user__username")[:10]
-        )
-    # The figures come from the daily rollups: the burn-down and the usage charts are
-    # fetched by the page from the chart endpoints, and the page itself reads only the
-    # forecast's window and the totals by resource, whatever the number of usage rows.
+    # The figures come from the daily rollups, in one query whatever the number of usage
+    # rows; the page's charts fetch their own data from the chart endpoints.
+    overview = selectors.allocation_overview(
+        allocation=allocation,
+        today=timezone.now().date(),
+        # A member sees the allocation's balance but only their own usage.
+        member=None if access.sees_all else request.user,
+        with_members=access.sees_all,
+    )
+    members = [
+        {
+            "name": m["name"],
+            "used": su(m["su_used"]),
+            "cap": su(m["su_cap"]),
+            "badge": _BADGE_OF_STATUS.get(m["status"], "badge-bad"),
+            "status": Status(m["status"]).label,
+        }
+        for m in overview.top_members
+    ]
     return render(
         request,
         "portal/allocation_detail.html",
@@ -272,15 +305,10 @@ def allocation_detail(request: HttpRequest, code) -> HttpResponse:
             "overview",
             balance=_allocation_balance(allocation),
             mine=_member_balance(allocation, access.membership),
-            forecast=selectors.allocation_forecast(
-                allocation=allocation, today=timezone.now().date()
-            ),
-            # A member sees the allocation's balance but only their own usage.
-            by_resource=selectors.rollup_usage_by_resource(
-                allocation=allocation, user=None if access.sees_all else request.user
-            ),
-            top_members=top_members,
-            resources=allocation.resources.order_by("name"),
+            forecast=overview.forecast,
+            by_resource=[(name, su(total)) for name, total in overview.by_resource],
+            top_members=fragment("portal/top_members_rows.html", {"members": members}),
+            resources=", ".join(overview.resources),
         ),
     )
 

@@ -12,12 +12,13 @@ turns back into bool and exact Decimal.
 """
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from django.db import connection
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 from django.utils.dateparse import parse_date, parse_datetime
 
 from allocations.conversion import SU_QUANTUM
@@ -90,11 +91,63 @@ def _to_uuid(value) -> uuid.UUID | None:
     return uuid.UUID(value)
 
 
-def link(name: str) -> Callable[[object], str]:
-    """A function from an object's code to the URL of the named view that takes one code:
-    reverse() once, then a string replace for each row."""
+def columns(model, alias: str) -> str:
+    """Every column of a model, qualified by the table's alias in a statement, in the
+    order instance() takes their values."""
+    quote = connection.ops.quote_name
+    return ", ".join(f"{alias}.{quote(f.column)}" for f in model._meta.concrete_fields)
+
+
+@functools.cache
+def _converters(model, vendor: str) -> tuple[list[str], list[tuple]]:
+    """The attnames of a model's columns, and for each its column expression and the
+    functions the ORM converts its database value with (computed once per model)."""
+    fields = list(model._meta.concrete_fields)
+    converters = []
+    for f in fields:
+        expression = f.get_col(model._meta.db_table)
+        functions = connection.ops.get_db_converters(expression) + f.get_db_converters(connection)
+        converters.append((expression, functions))
+    return [f.attname for f in fields], converters
+
+
+def instance(model, values):
+    """A model instance from the values of columns(model, alias), converted as the ORM
+    converts them (SQLite hands back decimals and times as text); None when its primary
+    key is NULL (an outer join that found no row)."""
+    if values[0] is None:
+        return None
+    attnames, converters = _converters(model, connection.vendor)
+    converted = []
+    for value, (expression, functions) in zip(values, converters, strict=True):
+        for convert in functions:
+            value = convert(value, expression, connection)
+        converted.append(value)
+    return model.from_db(connection.alias, attnames, converted)
+
+
+def instances(row, models) -> tuple[list, list]:
+    """Splits one row of columns(model, alias) for each model in turn, then whatever
+    columns follow: (the instances, the rest of the row)."""
+    found, i = [], 0
+    for model in models:
+        n = len(model._meta.concrete_fields)
+        found.append(instance(model, row[i : i + n]))
+        i += n
+    return found, list(row[i:])
+
+
+@functools.cache
+def _around(name: str, prefix: str) -> tuple[str, str]:
     pattern = reverse(name, args=[_SENTINEL])
     if pattern.count(_SENTINEL) != 1:
         raise ValueError(f"{name} does not take exactly one code")
     head, tail = pattern.split(_SENTINEL)
+    return head, tail
+
+
+def link(name: str) -> Callable[[object], str]:
+    """A function from an object's code to the URL of the named view that takes one code:
+    reverse() once per process (and script prefix), then a string format for each."""
+    head, tail = _around(name, get_script_prefix())
     return lambda code: f"{head}{code}{tail}"
