@@ -1149,7 +1149,7 @@ class UsageDaily(models.Model):
                 include=["user", "resource", "su"],
                 name="alloc_usagedaily_charts",
             ),
-            # The allocation page's totals by resource (selectors.rollup_usage_by_resource):
+            # The allocation page's totals by resource (selectors.allocation_overview):
             # read from the index alone, in resource order, however long the history.
             models.Index(
                 fields=["allocation", "resource", "user", "su"], name="alloc_usagedaily_resource"

@@ -881,20 +881,6 @@ def rollup_usage_by_day(*, allocation: Allocation, start: dt.date, end: dt.date)
     return _usage_rows(_USAGE_BY_DAY_SQL, allocation, start, end)
 
 
-def rollup_usage_by_resource(*, allocation: Allocation, user: User | None = None) -> list[tuple]:
-    """(resource, SUs) of an allocation, or of one member of it, by resource name; one
-    grouped query on the rollups (their su already nets each job's adjustments)."""
-    rows = UsageDaily.objects.filter(allocation=allocation)
-    if user is not None:
-        rows = rows.filter(user=user)
-    return list(
-        rows.values("resource__name")
-        .annotate(total=Sum("su"))
-        .order_by("resource__name")
-        .values_list("resource__name", "total")
-    )
-
-
 # The allocation page's figures in one statement, four kinds of row told apart by
 # "part" (portal/rows.py says why not four querysets): the resources the allocation
 # offers, SUs by resource (of one member when %(member)s is set), SUs a day over the

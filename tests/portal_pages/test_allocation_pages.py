@@ -131,6 +131,34 @@ class TestOverview:
         # (alice's 10 SUs and bob's 1 over 28 days).
         assert "At 0.3929 SUs a day over the last 28 days" in body
 
+    def test_the_members_who_used_most_come_first(
+        self, pages, allocation, alice, bob, charlie, gpu, cpu
+    ):
+        services.membership_add(actor=alice, allocation=allocation, user=charlie)
+        charge(allocation, bob, gpu, "1", 5)
+        charge(allocation, alice, gpu, "2", 1)
+        services.membership_remove(actor=alice, membership=allocation.memberships.get(user=charlie))
+        body = client_as(alice).get(pages["overview"]).content.decode()
+        table = body.split("Usage by member")[1].split("</table>")[0]
+        rows = re.findall(
+            r'<tr><td>([^<]+)</td><td class="num">([^<]+)</td><td class="num">([^<]+)</td>'
+            r'<td><span class="badge badge-ok">Active</span></td></tr>',
+            table,
+        )
+        # Bob's 10 SUs before Alice's 2; a removed member is not listed; no cap is "—".
+        assert rows == [("Bob Baker", "10", "300"), ("Alice Archer", "2", "—")]
+        assert "resources: CPU, GPU H200" in " ".join(body.split())
+
+    def test_it_costs_two_queries_of_its_own(
+        self, pages, allocation, alice, django_assert_num_queries
+    ):
+        client = client_as(alice)
+        client.get(pages["overview"])
+        # Session, user, the nav's review link, then the allocation with the viewer's
+        # rights and the page's figures.
+        with django_assert_num_queries(5):
+            client.get(pages["overview"])
+
 
 class TestHistoryAndRequests:
     def test_history_lists_every_diff(self, pages, allocation, alice, dana):
