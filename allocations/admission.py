@@ -33,6 +33,7 @@ from allocations.models import (
     Status,
 )
 from portal.rows import columns, instances
+from portal.rows import cursor as rows_cursor
 
 
 class Reason(StrEnum):
@@ -230,7 +231,7 @@ def _resolve(
     ORM compilation of three, is most of its cost. (Resource names are unique per
     cluster without case, as the constraint on lower(name) says.)"""
     at_value = connection.ops.adapt_datetimefield_value(at)
-    with connection.cursor() as cursor:
+    with rows_cursor() as cursor:
         cursor.execute(
             _resolve_sql(connection.vendor),
             [cluster.pk, account, username, cluster.pk, resource_name, at_value, at_value],

@@ -50,6 +50,7 @@ from allocations.models import (
     su_field,
 )
 from portal.rows import columns, fetch, instances
+from portal.rows import cursor as rows_cursor
 
 if TYPE_CHECKING:
     from allocations.slurm import DesiredState
@@ -121,52 +122,24 @@ def allocation_list_for(*, user: User) -> QuerySet[Allocation]:
     ).distinct()
 
 
-# allocation_list_for's rule for one allocation, as EXISTS tests on its row: one indexed
-# lookup, no DISTINCT over joined rows. Written as SQL because the chart endpoints run it
-# on every request, and building the same query through the ORM costs several times
-# what PostgreSQL takes to answer it. tests/allocations/test_allocation_for_viewer.py holds it
-# to allocation_list_for.
-_ALLOCATION_FOR_VIEWER_SQL = """
-SELECT a.*,
-    (p.pi_id = %(user)s OR EXISTS (
-        SELECT 1 FROM allocations_project_managers m
-        WHERE m.project_id = a.project_id AND m.user_id = %(user)s)) AS viewer_manages,
-    EXISTS (
-        SELECT 1 FROM allocations_cluster_admins c
-        WHERE c.cluster_id = a.cluster_id AND c.user_id = %(user)s) AS viewer_administers,
-    EXISTS (
-        SELECT 1 FROM allocations_membership ms
-        WHERE ms.allocation_id = a.id AND ms.user_id = %(user)s
-            AND ms.status IN (%(active)s, %(inactive)s)) AS viewer_member
-FROM allocations_allocation a JOIN allocations_project p ON p.id = a.project_id
-WHERE a.code = %(code)s
-"""
-
-
 def allocation_for_viewer(*, user: User, code: uuid.UUID) -> Allocation | None:
-    """The allocation with this code if allocation_list_for(user) holds it, else None.
+    """The allocation with this code if allocation_list_for(user) holds it, else None:
+    allocation_viewer's one statement, with allocation_list_for's rule applied to its
+    answer (tests/allocations/test_allocation_for_viewer.py holds the two to the same).
 
     It carries viewer_manages (PI, manager or superuser) and viewer_administers (admin
     of its cluster, or superuser), so callers need no further query to know what the
     viewer may see of it."""
-    if user.is_superuser:
-        allocation = Allocation.objects.filter(code=code).order_by().first()
-        if allocation is not None:
-            allocation.viewer_manages = allocation.viewer_administers = True
-        return allocation
-    params = {
-        "user": user.pk,
-        "code": Allocation._meta.get_field("code").get_db_prep_value(code, connection),
-        "active": str(_VISIBLE_MEMBERSHIP[0]),
-        "inactive": str(_VISIBLE_MEMBERSHIP[1]),
-    }
-    for allocation in Allocation.objects.raw(_ALLOCATION_FOR_VIEWER_SQL, params):
-        # SQLite answers the tests with 0 and 1.
-        allocation.viewer_manages = bool(allocation.viewer_manages)
-        allocation.viewer_administers = bool(allocation.viewer_administers)
-        if allocation.viewer_manages or allocation.viewer_administers or allocation.viewer_member:
-            return allocation
-    return None
+    try:
+        viewer = allocation_viewer(user=user, code=code)
+    except Allocation.DoesNotExist:
+        return None
+    member = viewer.membership is not None and viewer.membership.status in _VISIBLE_MEMBERSHIP
+    if not (viewer.manages or viewer.administers or member):
+        return None
+    allocation = viewer.allocation
+    allocation.viewer_manages, allocation.viewer_administers = viewer.manages, viewer.administers
+    return allocation
 
 
 # project_list_for's rule for one project, as allocation_for_viewer does it for an
@@ -285,7 +258,7 @@ def allocation_viewer(*, user: User, code) -> Viewer:
         "code": Allocation._meta.get_field("code").get_db_prep_value(code, connection),
         "pending": str(ChangeRequest.State.PENDING),
     }
-    with connection.cursor() as cursor:
+    with rows_cursor() as cursor:
         cursor.execute(_allocation_viewer_sql(connection.vendor), params)
         row = cursor.fetchone()
     if row is None:
@@ -859,7 +832,7 @@ def _period_sql(bucket: str) -> str:
 
 def _usage_rows(sql: str, allocation: Allocation, start: dt.date, end: dt.date) -> list[tuple]:
     """Rows ending in (day, SUs) as dates and Decimals on any database."""
-    with connection.cursor() as cursor:
+    with rows_cursor() as cursor:
         cursor.execute(sql, [allocation.pk, start, end])
         rows = cursor.fetchall()
     if connection.vendor == "postgresql":
@@ -900,7 +873,7 @@ SELECT 'resource', (SELECT r.name FROM allocations_resource r WHERE r.id = g.res
 FROM (
     SELECT resource_id, SUM(su) AS su FROM allocations_usagedaily
     WHERE allocation_id = %(allocation)s
-        AND (%(member)s IS NULL OR user_id = %(member)s)
+        AND (CAST(%(member)s AS BIGINT) IS NULL OR user_id = %(member)s)
     GROUP BY resource_id
 ) g
 UNION ALL
@@ -1041,7 +1014,7 @@ def burndown_series(
     """What the burn-down draws, in one query: budget_diffs(allocation) and
     rollup_usage_by_day(allocation, start, end)."""
     params = {"allocation": allocation.pk, "start": start, "end": end}
-    with connection.cursor() as cursor:
+    with rows_cursor() as cursor:
         cursor.execute(_BURNDOWN_SQL, params)
         rows = cursor.fetchall()
     sqlite = connection.vendor != "postgresql"

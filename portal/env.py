@@ -80,7 +80,13 @@ def database_from_url(url: str, *, base_dir: Path) -> dict:
             "PORT": str(port or ""),
             "CONN_MAX_AGE": envint("DATABASE_CONN_MAX_AGE", 60),
             "CONN_HEALTH_CHECKS": True,
-            "OPTIONS": options,
+            # 0: psycopg prepares a statement the first time a server-binding cursor runs
+            # it. Only portal/rows.py's hand-written statements use one (the ORM binds on
+            # the client and is never prepared); None turns preparing off entirely.
+            "OPTIONS": {
+                "prepare_threshold": 0 if envbool("DATABASE_PREPARED_STATEMENTS", True) else None,
+                **options,
+            },
         }
         return config
     if scheme == "sqlite":
