@@ -56,6 +56,12 @@ class TestDatabaseUrl:
         assert db["ENGINE"] == "django.db.backends.postgresql"
         assert (db["NAME"], db["USER"], db["PASSWORD"]) == ("su", "portal", "p@ss")
         assert (db["HOST"], db["PORT"]) == ("db.example.edu", "5433")
+        assert db["OPTIONS"]["prepare_threshold"] == 0
+
+    def test_preparing_can_be_turned_off(self, monkeypatch):
+        monkeypatch.setenv("DATABASE_PREPARED_STATEMENTS", "0")
+        db = database_from_url("postgres://portal@db/su", base_dir=Path("/x"))
+        assert db["OPTIONS"]["prepare_threshold"] is None
 
     def test_it_resolves_relative_sqlite_paths(self, tmp_path):
         db = database_from_url("sqlite:///var/x.sqlite3", base_dir=tmp_path)

@@ -55,3 +55,20 @@ def test_link_refuses_a_view_without_one_code():
 
     with pytest.raises(NoReverseMatch):
         link("allocations:home")
+
+
+@pytest.mark.django_db
+def test_on_postgresql_a_statement_is_prepared_once_and_reused():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    sql = "SELECT id FROM allocations_allocation WHERE id = %(id)s"
+    fetch(sql, {"id": -1})
+    fetch(sql, {"id": -2})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+            ["SELECT id FROM allocations_allocation WHERE id = $1%"],
+        )
+        assert cursor.fetchone()[0] == 1
