@@ -98,6 +98,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         max_su = filters.cleaned_data["max_su"]
     page = selectors.review_queue_page(
         user=user,
+        clusters=clusters,
         cluster=cluster,
         max_su=max_su,
         page=request.GET.get("page"),
