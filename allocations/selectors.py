@@ -576,7 +576,8 @@ _ADMINISTERED = """
     AND EXISTS (SELECT 1 FROM allocations_cluster_admins ca
         WHERE ca.cluster_id = a.cluster_id AND ca.user_id = %(user)s)"""
 
-# The order the history has always been shown in (that of a GROUP BY state).
+# Alphabetical: the order the GROUP BY this replaced answered in on SQLite (PostgreSQL
+# gave no particular order).
 _DECIDED = sorted(
     state.value for state in ChangeRequest.State if state != ChangeRequest.State.PENDING
 )
