@@ -59,6 +59,7 @@ def test_the_queue(people, alice, dana, project, cluster, gpu, who):
     assert queries_for(client, url("queue")) == QUEUE_QUERIES
     assert queries_for(client, url("queue") + "?page=2") == QUEUE_QUERIES
     assert queries_for(client, url("queue") + "?max_su=100") == QUEUE_QUERIES
+    assert queries_for(client, url("queue") + f"?cluster={cluster.code}") == QUEUE_QUERIES
 
 
 def test_an_empty_queue_reads_no_commitments(cluster, dana):
