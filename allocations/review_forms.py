@@ -1,7 +1,10 @@
 """Forms of the review pages. They check shape only; the rules live in services.py, and a
 service's refusal is put beside the field it names by show_refusal()."""
 
+import uuid
+
 from django import forms
+from django.core.exceptions import ValidationError
 
 from allocations.conversion import SU_DIGITS, SU_PLACES
 from allocations.forms import show_refusal
@@ -71,8 +74,28 @@ class BulkApproveForm(forms.Form):
         self.fields["requests"].queryset = queue
 
 
+class _ClusterChoice(forms.ModelChoiceField):
+    """One of the clusters given, found among them rather than by a query of its own."""
+
+    clusters: list[Cluster] = []
+
+    def to_python(self, value):
+        if value in self.empty_values:
+            return None
+        try:
+            code = uuid.UUID(str(value))
+        except ValueError:
+            code = None
+        for cluster in self.clusters:
+            if cluster.code == code:
+                return cluster
+        raise ValidationError(
+            self.error_messages["invalid_choice"], code="invalid_choice", params={"value": value}
+        )
+
+
 class QueueFilterForm(forms.Form):
-    cluster = forms.ModelChoiceField(
+    cluster = _ClusterChoice(
         queryset=Cluster.objects.none(),
         to_field_name="code",
         required=False,
@@ -85,12 +108,11 @@ class QueueFilterForm(forms.Form):
         help_text="Show only the small requests.",
     )
 
-    def __init__(self, *args, clusters, **kwargs):
+    def __init__(self, *args, clusters: list[Cluster], **kwargs):
         super().__init__(*args, **kwargs)
         field = self.fields["cluster"]
-        field.queryset = clusters
-        # The options from the clusters the page lists anyway (one query for both), rather
-        # than the field's own query of them; a chosen one is still checked against them.
+        field.clusters = clusters
+        # The options from the clusters the page lists anyway (one query for both).
         field.choices = [
             ("", field.empty_label),
             *((cluster.code, field.label_from_instance(cluster)) for cluster in clusters),

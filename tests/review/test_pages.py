@@ -118,7 +118,7 @@ class TestQueue:
 
         response = client_as(dana).get(url("queue"))
 
-        codes = [row["request"].code for row in response.context["rows"]]
+        codes = [row["code"] for row in response.context["rows"]]
         assert codes == [urgent.code, world["request"].code]
 
     def test_each_row_shows_usage_burn_history_and_commitment(self, world, dana, monkeypatch):
@@ -144,7 +144,27 @@ class TestQueue:
 
         response = client_as(dana).get(url("queue"), {"max_su": "100"})
 
-        assert [row["request"].su_delta for row in response.context["rows"]] == [50]
+        assert [row["su_delta"] for row in response.context["rows"]] == [50]
+
+    def test_it_filters_by_cluster_and_refuses_a_cluster_of_someone_else(
+        self, world, dana, staff, other_cluster, alice, project
+    ):
+        from allocations.models import Resource
+
+        cpu = Resource.objects.create(cluster=other_cluster, name="CPU", kind="CPU", unit="core")
+        request_new_allocations(alice=alice, project=project, cluster=other_cluster, gpu=cpu, n=1)
+        gpu1 = world["allocation"].cluster
+
+        mine = client_as(dana).get(url("queue"), {"cluster": str(gpu1.code)})
+        theirs = client_as(dana).get(url("queue"), {"cluster": str(other_cluster.code)})
+        # A superuser chooses any cluster, its code written either way.
+        everyone = client_as(staff).get(url("queue"), {"cluster": other_cluster.code.hex})
+
+        assert mine.context["filters"].is_valid()
+        assert [row["cluster_name"] for row in mine.context["rows"]] == ["gpu1"]
+        assert "cluster" in theirs.context["filters"].errors
+        assert theirs.context["page"].paginator.count == 1  # everything dana reviews
+        assert [row["cluster_name"] for row in everyone.context["rows"]] == ["cpu9"]
 
     def test_a_bad_filter_is_shown_beside_its_field_and_lists_everything(self, world, dana):
         response = client_as(dana).get(url("queue"), {"max_su": "lots"})

@@ -44,14 +44,26 @@ def add_requests(*, alice, dana, project, cluster, gpu, n: int, start: int) -> N
             )
 
 
+# The session, the user, the clusters (for the filter and the nav), the page of
+# requests with their figures, and the clusters' committed budgets.
+QUEUE_QUERIES = 5
+
+
 @pytest.mark.parametrize("who", ["dana", "staff"])
 def test_the_queue(people, alice, dana, project, cluster, gpu, who):
     client = client_as(people[who])
     add_requests(alice=alice, dana=dana, project=project, cluster=cluster, gpu=gpu, n=2, start=0)
-    few = queries_for(client, url("queue"))
-    add_requests(alice=alice, dana=dana, project=project, cluster=cluster, gpu=gpu, n=198, start=2)
+    assert queries_for(client, url("queue")) == QUEUE_QUERIES
+    add_requests(alice=alice, dana=dana, project=project, cluster=cluster, gpu=gpu, n=28, start=2)
 
-    assert queries_for(client, url("queue")) == few
+    assert queries_for(client, url("queue")) == QUEUE_QUERIES
+    assert queries_for(client, url("queue") + "?page=2") == QUEUE_QUERIES
+    assert queries_for(client, url("queue") + "?max_su=100") == QUEUE_QUERIES
+    assert queries_for(client, url("queue") + f"?cluster={cluster.code}") == QUEUE_QUERIES
+
+
+def test_an_empty_queue_reads_no_commitments(cluster, dana):
+    assert queries_for(client_as(dana), url("queue")) == QUEUE_QUERIES - 1
 
 
 def test_a_request_with_a_long_project_history(people, alice, dana, project, cluster, gpu):
