@@ -121,12 +121,10 @@ def test_the_figures_on_a_small_fixture(queue, dana):
     ]
     assert top_up["burn_rate"] == Decimal("2.0000")  # (30 + 60 - 30) / 30 days
     assert next_year["burn_rate"] == 0
-    assert (top_up["used"], top_up["budget"], top_up["percent_used"]) == (
-        "190",
-        "1,000",
-        Decimal("19.0"),
-    )
-    assert next_year["percent_used"] is None  # no budget before approval
+    assert (top_up["su_used"], top_up["su_budget"]) == (Decimal("190"), Decimal("1000"))
+    body = response.content.decode()
+    assert '190 of 1,000<br><span class="muted">19.0%</span>' in body
+    assert next_year["su_budget"] == 0  # no budget before approval, so no percent
     # June 2026: 1,000 SU over 365 days, 30 of them in June, against 100 SU.
     assert (top_up["commitment"].committed, top_up["commitment"].if_approved) == (
         Decimal("82.1918"),
