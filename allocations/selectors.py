@@ -518,23 +518,24 @@ BURN_WINDOW_DAYS = 30
 
 def clusters_administered_by(*, user: User) -> list[Cluster]:
     """By name. Also answers user_administers_any_cluster for the rest of the request (the
-    review queue refuses anyone without one, and the layout's nav asks). Raw SQL: the
-    queue reads it on every request, and compiling the queryset cost more than running it."""
-    if user.is_superuser:
-        return list(Cluster.objects.raw("SELECT * FROM allocations_cluster ORDER BY name"))
-    clusters = list(
-        Cluster.objects.raw(
-            """
-            SELECT c.* FROM allocations_cluster c
-            WHERE EXISTS (SELECT 1 FROM allocations_cluster_admins ca
-                WHERE ca.cluster_id = c.id AND ca.user_id = %s)
-            ORDER BY c.name
-            """,
-            [user.pk],
+    review queue refuses anyone without one, and the layout's nav asks). Plain SQL (see
+    portal/rows.py): the queue reads it on every request, and compiling the queryset cost
+    more than running it."""
+    where = "" if user.is_superuser else _ADMINISTERS_CLUSTER
+    with rows_cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns(Cluster, 'c')} FROM allocations_cluster c{where} ORDER BY c.name",  # noqa: S608
+            {"user": user.pk},
         )
-    )
-    user._administers_any_cluster = bool(clusters)
+        clusters = [instances(row, [Cluster])[0][0] for row in cursor.fetchall()]
+    if not user.is_superuser:
+        user._administers_any_cluster = bool(clusters)
     return clusters
+
+
+_ADMINISTERS_CLUSTER = """
+    WHERE EXISTS (SELECT 1 FROM allocations_cluster_admins ca
+        WHERE ca.cluster_id = c.id AND ca.user_id = %(user)s)"""
 
 
 def review_queue(

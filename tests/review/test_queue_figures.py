@@ -8,6 +8,8 @@ from decimal import Decimal
 
 import pytest
 from django.utils import timezone
+from hypothesis import given
+from hypothesis import strategies as st
 
 from allocations import selectors, services
 from allocations.models import ChangeRequest, UsageAdjustment
@@ -166,3 +168,14 @@ def test_a_project_without_earlier_requests_says_so(pending_request, dana):
     html = client_as(dana).get(url()).content.decode()
 
     assert '<span class="muted">first request</span>' in html
+
+
+@given(seconds=st.integers(min_value=-3600, max_value=3 * 366 * 86400))
+def test_the_ages_read_as_timesince_writes_them(seconds):
+    from django.utils.timesince import timesince
+
+    from allocations.review_views import _TIME_STRINGS
+
+    now = dt.datetime(2026, 11, 24, 6, 30, tzinfo=dt.UTC)
+    created = now - dt.timedelta(seconds=seconds)
+    assert timesince(created, now, time_strings=_TIME_STRINGS) == timesince(created, now)
