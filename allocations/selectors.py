@@ -1082,6 +1082,15 @@ SELECT 'member', t.name, NULL, t.su_used, t.su_cap, t.status, t.rank FROM (
 """
 
 
+def _by_name(name: str) -> tuple[str, str]:
+    """Names in the order a reader expects, whatever the database's collation."""
+    return name.casefold(), name
+
+
+def _by_first_name(row: tuple) -> tuple[str, str]:
+    return _by_name(row[0])
+
+
 @dataclass(frozen=True)
 class Overview:
     """What the allocation page shows beside the balance."""
@@ -1116,8 +1125,8 @@ def allocation_overview(
     for row in rows:
         parts[row["part"]].append(row)
     return Overview(
-        resources=sorted(r["name"] for r in parts["offered"]),
-        by_resource=sorted((r["name"], r["su"]) for r in parts["resource"]),
+        resources=sorted((r["name"] for r in parts["offered"]), key=_by_name),
+        by_resource=sorted(((r["name"], r["su"]) for r in parts["resource"]), key=_by_first_name),
         forecast=forecast(
             points=sorted((r["day"], r["su"]) for r in parts["day"]),
             start=allocation.start,

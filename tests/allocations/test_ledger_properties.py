@@ -260,7 +260,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def change_the_budget(self, delta):
         model = self.model
         new_budget = model.budget + delta
-        allowed = delta != 0 and new_budget >= 0 and (delta > 0 or new_budget >= model.used())
+        # A cut may not take back SUs used or held for running jobs (services._apply_change).
+        committed = model.used() + model.held()
+        allowed = delta != 0 and new_budget >= 0 and (delta > 0 or new_budget >= committed)
         call = lambda: services.allocation_change_apply(  # noqa: E731
             actor=self.world.dana, allocation=self.allocation, su_delta=delta, reason="Adjusted"
         )
