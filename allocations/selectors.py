@@ -812,7 +812,7 @@ def _active_budgets(
         FROM allocations_allocation
         WHERE status = %s AND cluster_id IN ({marks}) AND start <= %s AND "end" >= %s
         GROUP BY cluster_id, start, "end"
-        """,  # noqa: S608 (one placeholder per cluster; values are parameters)
+        """,  # noqa: S608 (a %s for each cluster; values are parameters)
         [
             Status.ACTIVE,
             *cluster_ids,
