@@ -6,9 +6,9 @@ import uuid
 from django import forms
 from django.core.exceptions import ValidationError
 
-from allocations.conversion import SU_DIGITS, SU_PLACES
 from allocations.forms import show_refusal
 from allocations.models import ChangeRequest, Cluster, Resource
+from allocations.portal_forms import PortalForm, su_field
 
 __all__ = [
     "ApproveForm",
@@ -24,10 +24,6 @@ __all__ = [
 ]
 
 
-def _su_field(label: str, **kwargs) -> forms.DecimalField:
-    return forms.DecimalField(label=label, max_digits=SU_DIGITS, decimal_places=SU_PLACES, **kwargs)
-
-
 def _text(label: str, required: bool = True, rows: int = 3, **kwargs) -> forms.CharField:
     return forms.CharField(
         label=label, required=required, widget=forms.Textarea(attrs={"rows": rows}), **kwargs
@@ -41,8 +37,8 @@ class _DateTimeInput(forms.DateTimeInput):
         super().__init__(format="%Y-%m-%dT%H:%M")
 
 
-class ApproveForm(forms.Form):
-    su_approved = _su_field(
+class ApproveForm(PortalForm):
+    su_approved = su_field(
         "SUs to grant",
         required=False,
         help_text="Empty: as requested. Another amount needs a reason.",
@@ -51,15 +47,15 @@ class ApproveForm(forms.Form):
     service_fields = {"su_delta": "su_approved"}
 
 
-class RejectForm(forms.Form):
+class RejectForm(PortalForm):
     reason = _text("Why it is rejected", help_text="Shown to the requester and the PI.")
 
 
-class CommentForm(forms.Form):
+class CommentForm(PortalForm):
     text = _text("Comment", help_text="The request stays pending; the requester and PI are told.")
 
 
-class BulkApproveForm(forms.Form):
+class BulkApproveForm(PortalForm):
     """Approve several requests as asked, all or nothing."""
 
     requests = forms.ModelMultipleChoiceField(
@@ -94,14 +90,14 @@ class _ClusterChoice(forms.ModelChoiceField):
         )
 
 
-class QueueFilterForm(forms.Form):
+class QueueFilterForm(PortalForm):
     cluster = _ClusterChoice(
         queryset=Cluster.objects.none(),
         to_field_name="code",
         required=False,
         empty_label="All my clusters",
     )
-    max_su = _su_field(
+    max_su = su_field(
         "Asking for at most (SU)",
         required=False,
         min_value=0,
@@ -119,11 +115,11 @@ class QueueFilterForm(forms.Form):
         ]
 
 
-class StatusForm(forms.Form):
+class StatusForm(PortalForm):
     reason = _text("Reason", help_text="Recorded in the history with your name and the time.")
 
 
-class RateAddForm(forms.Form):
+class RateAddForm(PortalForm):
     resource = forms.ModelChoiceField(queryset=Resource.objects.none(), to_field_name="code")
     su_per_unit_hour = forms.DecimalField(
         label="SU per unit-hour",
@@ -146,7 +142,7 @@ class RateAddForm(forms.Form):
         self.fields["resource"].queryset = cluster.resources.order_by("name")
 
 
-class RateCloseForm(forms.Form):
+class RateCloseForm(PortalForm):
     end = forms.DateTimeField(
         label="End the window at (UTC)",
         widget=_DateTimeInput(),
@@ -155,8 +151,8 @@ class RateCloseForm(forms.Form):
     reason = _text("Reason", required=False, rows=2)
 
 
-class CapacityForm(forms.Form):
-    su_capacity_per_month = _su_field(
+class CapacityForm(PortalForm):
+    su_capacity_per_month = su_field(
         "Capacity (SU per month)",
         required=False,
         help_text="What the cluster can give out in a month. Empty: no capacity set.",
