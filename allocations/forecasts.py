@@ -58,12 +58,25 @@ def dense_series(
     return [by_day.get(start + dt.timedelta(days=i), Decimal(0)) for i in range(max(days, 0))]
 
 
+def rate_window(*, start: dt.date, end: dt.date, today: dt.date) -> tuple[dt.date, dt.date]:
+    """The days a burn rate is the mean over: the last RATE_WINDOW_DAYS up to today (up to
+    the end date once it has passed), none before the start. Before the start the window
+    is empty (first after last)."""
+    last = min(today, end)
+    return max(start, last - dt.timedelta(days=RATE_WINDOW_DAYS - 1)), last
+
+
+def mean_per_day(total: Decimal, days: int) -> Decimal:
+    """SUs per day, to the SU's places; nothing over no days."""
+    if days <= 0:
+        return Decimal(0)
+    return (total / days).quantize(SU_QUANTUM)
+
+
 def burn_rate(series: list[Decimal], window: int = RATE_WINDOW_DAYS) -> Decimal:
     """Mean SUs per day over the last `window` days of the series."""
     recent = series[-window:]
-    if not recent:
-        return Decimal(0)
-    return (sum(recent, Decimal(0)) / len(recent)).quantize(SU_QUANTUM)
+    return mean_per_day(sum(recent, Decimal(0)), len(recent))
 
 
 def projected_exhaustion(remaining: Decimal, rate: Decimal, today: dt.date) -> dt.date | None:
@@ -130,8 +143,7 @@ def forecast(
     today: dt.date,
 ) -> Forecast:
     """The forecast for an allocation from its daily usage `points` (day, SUs)."""
-    last = min(today, end)
-    series = dense_series(points, max(start, last - dt.timedelta(days=RATE_WINDOW_DAYS - 1)), last)
+    series = dense_series(points, *rate_window(start=start, end=end, today=today))
     window = len(series)
     rate = burn_rate(series)
     exhaustion = projected_exhaustion(remaining, rate, today)

@@ -5,7 +5,6 @@ go through services, and a service's refusal is shown beside the field it names.
 Anyone who does not administer the object's cluster gets a 404, so a code reveals nothing.
 """
 
-import functools
 from decimal import Decimal
 
 from django.contrib import messages
@@ -17,11 +16,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import dateformat, timezone
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.utils.timesince import TIME_STRINGS, timesince
-from django.utils.translation import get_language
+from django.utils.timesince import timesince
 from django.views.decorators.http import require_POST
 
 from allocations import selectors, services
+from allocations.forecasts import RATE_WINDOW_DAYS
 from allocations.models import (
     Allocation,
     ChangeRequest,
@@ -97,6 +96,7 @@ def queue(request: HttpRequest) -> HttpResponse:
     if filters.is_valid():
         cluster = filters.cleaned_data["cluster"]
         max_su = filters.cleaned_data["max_su"]
+    now = timezone.now()
     page = selectors.review_queue_page(
         user=user,
         clusters=clusters,
@@ -104,7 +104,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         max_su=max_su,
         page=request.GET.get("page"),
         per_page=PAGE_SIZE,
-        now=timezone.now(),
+        now=now,
     )
     return render(
         request,
@@ -113,12 +113,12 @@ def queue(request: HttpRequest) -> HttpResponse:
             "page": page,
             "rows": page.object_list,
             "table_rows": fragment(
-                "review/queue_rows.html", {"rows": _queue_rows(page.object_list)}
+                "review/queue_rows.html", {"rows": _queue_rows(page.object_list, now)}
             ),
             "filters": filters,
             "clusters": clusters,
             "query": _query_without_page(request),
-            "burn_window_days": selectors.BURN_WINDOW_DAYS,
+            "burn_window_days": RATE_WINDOW_DAYS,
         },
     )
 
@@ -134,31 +134,7 @@ _KINDS = dict(ChangeRequest.Kind.choices)
 _STATUSES = dict(Status.choices)
 
 
-class _TimeStrings(dict):
-    """timesince's unit strings, each translated once per number and language: the lazy
-    translations it formats by default cost more than the rest of a queue row."""
-
-    def __missing__(self, unit: str) -> "_TimeString":
-        return _TimeString(unit)
-
-
-class _TimeString:
-    def __init__(self, unit: str):
-        self.unit = unit
-
-    def __mod__(self, params: dict) -> str:
-        return _time_string(self.unit, params["num"], get_language())
-
-
-@functools.lru_cache(maxsize=1024)
-def _time_string(unit: str, num: int, language: str | None) -> str:
-    return str(TIME_STRINGS[unit] % {"num": num})
-
-
-_TIME_STRINGS = _TimeStrings()
-
-
-def _queue_rows(rows: list[dict]) -> list[dict]:
+def _queue_rows(rows: list[dict], now) -> list[dict]:
     """What each row of the queue shows, worked out here for the Jinja2 fragment that
     prints it (portal/fragments.py says why)."""
     to_request = link("allocations:review:request")
@@ -175,8 +151,8 @@ def _queue_rows(rows: list[dict]) -> list[dict]:
                 "name": row["name"],
                 "high": row["priority"] >= ChangeRequest.Priority.HIGH,
                 "priority": _PRIORITIES[row["priority"]],
-                # As the timesince filter: against the real clock.
-                "age": timesince(row["created"], time_strings=_TIME_STRINGS),
+                # Against the clock the figures were worked out at.
+                "age": timesince(row["created"], now),
                 "cluster": row["cluster_name"],
                 "project": row["project_title"],
                 "pi": f"{row['pi_first_name']} {row['pi_last_name']}".strip() or row["pi_username"],
@@ -296,17 +272,13 @@ def _decide(request: HttpRequest, change_request: ChangeRequest, action: str, da
 def _request_context(request, change_request: ChangeRequest, forms: dict, action) -> dict:
     allocation = change_request.allocation
     now = timezone.now()
-    burn = selectors.burn_rates(allocations=[allocation], now=now)[allocation.pk]
     return {
         "change_request": change_request,
         "allocation": allocation,
         "project": allocation.project,
         "percent_used": _percent(allocation.su_used, allocation.su_budget),
-        "burn_rate": burn,
-        "burn_window_days": selectors.BURN_WINDOW_DAYS,
-        "exhaustion": selectors.exhaustion_date(
-            remaining=allocation.su_remaining, burn_rate=burn, today=now.date()
-        ),
+        # The PI's forecast: the same burn rate and exhaustion date as the allocation page.
+        "forecast": selectors.allocation_forecast(allocation=allocation, today=now.date()),
         "commitment": selectors.commitments_for_requests(
             requests=[change_request], today=now.date()
         )[change_request.pk],

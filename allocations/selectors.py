@@ -31,7 +31,7 @@ from django.utils.dateparse import parse_datetime
 
 from accounts.models import ApiToken, User
 from allocations.conversion import SU_QUANTUM
-from allocations.forecasts import RATE_WINDOW_DAYS, Forecast, forecast
+from allocations.forecasts import RATE_WINDOW_DAYS, Forecast, forecast, mean_per_day, rate_window
 from allocations.models import (
     Allocation,
     AllocationChange,
@@ -512,9 +512,6 @@ def cap_summary(*, allocation: Allocation) -> dict:
 
 # --- the review queue (cluster admins) ----------------------------------------------------
 
-# Burn rate: net SUs charged over this many days before now, per day.
-BURN_WINDOW_DAYS = 30
-
 
 def clusters_administered_by(*, user: User) -> list[Cluster]:
     """By name. Also answers user_administers_any_cluster for the rest of the request (the
@@ -581,28 +578,37 @@ history AS (
     WHERE d.state <> %(pending)s AND h.project_id IN (SELECT project_id FROM page)
     GROUP BY h.project_id
 )
-SELECT p.*,
-    (SELECT pr.title FROM allocations_project pr WHERE pr.id = p.project_id) AS project_title,
-    (SELECT pi.first_name FROM allocations_project pr JOIN accounts_user pi ON pi.id = pr.pi_id
-        WHERE pr.id = p.project_id) AS pi_first_name,
-    (SELECT pi.last_name FROM allocations_project pr JOIN accounts_user pi ON pi.id = pr.pi_id
-        WHERE pr.id = p.project_id) AS pi_last_name,
-    (SELECT pi.username FROM allocations_project pr JOIN accounts_user pi ON pi.id = pr.pi_id
-        WHERE pr.id = p.project_id) AS pi_username,
-    (SELECT rq.username FROM accounts_user rq WHERE rq.id = p.requester_id)
-        AS requester_username,
-    (SELECT SUM(u.su_amount) FROM allocations_usage u
-        WHERE u.allocation_id = p.allocation_id
-        AND u.charged_at >= %(since)s AND u.charged_at < %(now)s) AS charged,
-    (SELECT SUM(j.su_delta) FROM allocations_usageadjustment j
-        WHERE j.allocation_id = p.allocation_id
-        AND j.created >= %(since)s AND j.created < %(now)s) AS adjusted,
+SELECT p.*, pr.title AS project_title, pi.first_name AS pi_first_name,
+    pi.last_name AS pi_last_name, pi.username AS pi_username,
+    rq.username AS requester_username,
+    (SELECT SUM(d.su) FROM allocations_usagedaily d
+        WHERE d.allocation_id = p.allocation_id
+        AND d.day >= {window_first} AND d.day <= {window_last}) AS burned,
     COALESCE(hi.approved, 0) AS approved, COALESCE(hi.rejected, 0) AS rejected,
     COALESCE(hi.cancelled, 0) AS cancelled
 FROM page p
+JOIN allocations_project pr ON pr.id = p.project_id
+JOIN accounts_user pi ON pi.id = pr.pi_id
+JOIN accounts_user rq ON rq.id = p.requester_id
 LEFT JOIN history hi ON hi.project_id = p.project_id
 ORDER BY p.priority DESC, p.created, p.id
 """
+
+# The burn-rate window of each row's allocation (forecasts.rate_window) in each
+# database's date arithmetic: the last RATE_WINDOW_DAYS up to today or the end date,
+# none before the start.
+_RATE_WINDOW_SQL = {
+    "postgresql": {
+        "window_first": 'GREATEST(p.start, LEAST(CAST(%(today)s AS date), p."end") '
+        "- CAST(%(window)s AS integer))",
+        "window_last": 'LEAST(CAST(%(today)s AS date), p."end")',
+    },
+    "sqlite": {
+        "window_first": 'MAX(p.start, date(MIN(%(today)s, p."end"), '
+        "'-' || %(window)s || ' days'))",
+        "window_last": 'MIN(%(today)s, p."end")',
+    },
+}
 
 # review_queue's rule: an admin's own clusters, every cluster for a superuser.
 _ADMINISTERED = """
@@ -627,7 +633,7 @@ def review_queue_page(
     max_su: Decimal | None = None,
 ) -> Page:
     """One page of review_queue as dicts: the request, its allocation, cluster, project,
-    PI and requester, its burn_rate (as burn_rates), its commitment (as
+    PI and requester, its burn_rate (the forecast's, from the rollups), its commitment (as
     commitments_for_requests) and its project's history (decided requests by state).
     Two queries whatever the number of rows. `clusters` are clusters_administered_by(user),
     which the page lists anyway: they hold every cluster the page can show."""
@@ -636,8 +642,8 @@ def review_queue_page(
         where += "\n    AND a.cluster_id = %(cluster)s"
     if max_su is not None:
         where += "\n    AND (r.su_delta IS NULL OR r.su_delta <= %(max_su)s)"
-    sql = _REVIEW_QUEUE_SQL.format(where=where)
-    since = now - dt.timedelta(days=BURN_WINDOW_DAYS)
+    sql = _REVIEW_QUEUE_SQL.format(where=where, **_RATE_WINDOW_SQL[connection.vendor])
+    today = now.date()
     params = {
         "pending": ChangeRequest.State.PENDING,
         "approved": ChangeRequest.State.APPROVED,
@@ -646,15 +652,15 @@ def review_queue_page(
         "user": user.pk,
         "cluster": cluster.pk if cluster is not None else None,
         "max_su": max_su,
-        "since": connection.ops.adapt_datetimefield_value(since),
-        "now": connection.ops.adapt_datetimefield_value(now),
+        "today": connection.ops.adapt_datefield_value(today),
+        "window": RATE_WINDOW_DAYS - 1,
     }
 
     def rows_of(limit: int, offset: int) -> list[dict]:
         return fetch(
             sql,
             {**params, "limit": limit, "offset": offset},
-            decimals=["su_delta", "su_budget", "su_used", "charged", "adjusted"],
+            decimals=["su_delta", "su_budget", "su_used", "burned"],
             dates=["requested_end", "start", "end"],
             datetimes=["created"],
         )
@@ -666,7 +672,6 @@ def review_queue_page(
         cluster_of_row = by_id[row["cluster_id"]]
         row["cluster_name"] = cluster_of_row.name
         row["capacity"] = cluster_of_row.su_capacity_per_month
-    today = now.date()
     commitments = _commitments(
         {
             i: _Ask(
@@ -687,54 +692,11 @@ def review_queue_page(
     for i, row in enumerate(rows):
         code = row["code"]
         row["code"] = code if isinstance(code, uuid.UUID) else uuid.UUID(code)
-        net = (row["charged"] or Decimal(0)) + (row["adjusted"] or Decimal(0))
-        days = min(BURN_WINDOW_DAYS, max((today - row["start"]).days, 1))
-        row["burn_rate"] = (max(net, Decimal(0)) / days).quantize(Decimal("0.0001"))
+        first, last = rate_window(start=row["start"], end=row["end"], today=today)
+        row["burn_rate"] = mean_per_day(row["burned"] or Decimal(0), (last - first).days + 1)
         row["commitment"] = commitments[i]
         row["history"] = {state: row[state.lower()] for state in _DECIDED if row[state.lower()]}
     return result
-
-
-def burn_rates(*, allocations: Iterable[Allocation], now: dt.datetime) -> dict[int, Decimal]:
-    """SUs per day each allocation burned over the last BURN_WINDOW_DAYS: usage charged in
-    the window plus adjustments (refunds, corrections) made in it, divided by the window's
-    days, or by the days since the allocation started when that is fewer. Two queries
-    whatever the number of allocations."""
-    allocations = list(allocations)
-    if not allocations:
-        return {}
-    ids = [a.pk for a in allocations]
-    since = now - dt.timedelta(days=BURN_WINDOW_DAYS)
-    net: dict[int, Decimal] = defaultdict(Decimal)
-    charged = (
-        Usage.objects.filter(allocation_id__in=ids, charged_at__gte=since, charged_at__lt=now)
-        .values("allocation_id")
-        .annotate(total=Sum("su_amount"))
-        .order_by()
-    )
-    adjusted = (
-        UsageAdjustment.objects.filter(allocation_id__in=ids, created__gte=since, created__lt=now)
-        .values("allocation_id")
-        .annotate(total=Sum("su_delta"))
-        .order_by()
-    )
-    for row in [*charged, *adjusted]:
-        net[row["allocation_id"]] += Decimal(row["total"] or 0)
-    today = now.date()
-    rates = {}
-    for allocation in allocations:
-        days = min(BURN_WINDOW_DAYS, max((today - allocation.start).days, 1))
-        rates[allocation.pk] = (max(net[allocation.pk], Decimal(0)) / days).quantize(
-            Decimal("0.0001")
-        )
-    return rates
-
-
-def exhaustion_date(*, remaining: Decimal, burn_rate: Decimal, today: dt.date) -> dt.date | None:
-    """When the remaining SUs run out at this burn rate (None: never, or already out)."""
-    if burn_rate <= 0 or remaining <= 0:
-        return None
-    return today + dt.timedelta(days=int(remaining / burn_rate))
 
 
 def month_bounds(day: dt.date) -> tuple[dt.date, dt.date]:
@@ -1107,14 +1069,14 @@ def allocation_overview(
     """The allocation page's figures in one query: by resource of the whole allocation,
     or of `member` alone (a plain member sees only their own usage); the forecast of the
     whole allocation's usage; and the top members when `with_members`."""
-    window_start = today - dt.timedelta(days=RATE_WINDOW_DAYS)
+    first, last = rate_window(start=allocation.start, end=allocation.end, today=today)
     rows = fetch(
         _OVERVIEW_SQL,
         {
             "allocation": allocation.pk,
             "member": None if member is None else member.pk,
-            "start": window_start,
-            "today": today,
+            "start": first,
+            "today": last,
             "deleted": str(Status.DELETED),
             "members": 1 if with_members else 0,
         },
@@ -1145,9 +1107,9 @@ def allocation_overview(
 def allocation_forecast(*, allocation: Allocation, today: dt.date) -> "Forecast":
     """The forecast of the allocation's whole usage from the rollups of the burn-rate
     window: one query whatever the number of usage records."""
-    window_start = today - dt.timedelta(days=RATE_WINDOW_DAYS)
+    first, last = rate_window(start=allocation.start, end=allocation.end, today=today)
     return forecast(
-        points=rollup_usage_by_day(allocation=allocation, start=window_start, end=today),
+        points=rollup_usage_by_day(allocation=allocation, start=first, end=last),
         start=allocation.start,
         end=allocation.end,
         budget=allocation.su_budget,

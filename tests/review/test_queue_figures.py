@@ -1,6 +1,6 @@
 """The figures each queue row shows, on a small fixture: usage and percent of the budget,
 burn rate, the project's earlier requests, and the cluster's commitment now and if
-approved. They are the figures the request page computes (selectors.burn_rates and
+approved. They are the figures the request page computes (the allocation's forecast and
 commitments_for_requests), whatever the database."""
 
 import datetime as dt
@@ -8,11 +8,10 @@ from decimal import Decimal
 
 import pytest
 from django.utils import timezone
-from hypothesis import given
-from hypothesis import strategies as st
 
 from allocations import selectors, services
-from allocations.models import ChangeRequest, UsageAdjustment
+from allocations.adjustments import usage_refund
+from allocations.models import ChangeRequest
 from tests.conftest import NOW, usage
 from tests.review.conftest import client_as
 
@@ -31,27 +30,22 @@ def charge(allocation, user, resource, job: str, gpu_hours, when):
 
 
 @pytest.fixture
-def queue(allocation, alice, bob, dana, gpu, cluster, monkeypatch):
-    """1,000 SU over 2026 on a cluster of 100 SU a month; 190 SU charged, 60 of them net
-    of a refund in the last 30 days; one approved, one rejected and one cancelled request
+def queue(
+    allocation, alice, bob, dana, gpu, cluster, monkeypatch, django_capture_on_commit_callbacks
+):
+    """1,000 SU over 2026 on a cluster of 100 SU a month; 190 SU charged, 90 of them net
+    of a refund in the last 28 days; one approved, one rejected and one cancelled request
     before three pending ones (a top-up, a freeze with a new end, a new allocation next
     year)."""
     monkeypatch.setattr(timezone, "now", lambda: NOW)
     cluster.su_capacity_per_month = Decimal(100)
     cluster.save()
     charge(allocation, bob, gpu, "old", 50, NOW - dt.timedelta(days=31))  # 100 SU, outside
-    charge(allocation, bob, gpu, "a", 15, NOW - dt.timedelta(days=29))  # 30 SU
+    charge(allocation, bob, gpu, "a", 15, NOW - dt.timedelta(days=20))  # 30 SU
     charge(allocation, bob, gpu, "b", 30, NOW - dt.timedelta(days=1))  # 60 SU
-    UsageAdjustment.objects.create(
-        usage=allocation.usage.get(job_id="b"),
-        allocation=allocation,
-        user=bob,
-        kind="REFUND",
-        su_delta=Decimal("-30"),
-        reason="Node failure",
-    )
-    # Made an hour before "now" (created is set on insert, to the real clock).
-    UsageAdjustment.objects.filter(kind="REFUND").update(created=NOW - dt.timedelta(hours=1))
+    charge(allocation, bob, gpu, "lost", 15, NOW - dt.timedelta(days=2))  # 30 SU, refunded
+    with django_capture_on_commit_callbacks(execute=True):
+        usage_refund(actor=dana, cluster=cluster, job_id="lost", reason="Node failure")
     rejected = services.change_request_submit(
         actor=alice, allocation=allocation, su_delta="9000", justification="Lots"
     )
@@ -101,12 +95,12 @@ def test_each_row_shows_the_request_page_figures(queue, dana, allocation):
     requests = list(
         ChangeRequest.objects.filter(state="PENDING").select_related("allocation__cluster")
     )
-    burn = selectors.burn_rates(allocations=[r.allocation for r in requests], now=NOW)
     commitments = selectors.commitments_for_requests(requests=requests, today=NOW.date())
     assert set(rows) == {r.code for r in requests}
     for request in requests:
         row = rows[request.code]
-        assert row["burn_rate"] == burn[request.allocation_id]
+        forecast = selectors.allocation_forecast(allocation=request.allocation, today=NOW.date())
+        assert row["burn_rate"] == forecast.burn_rate
         assert row["commitment"] == commitments[request.pk]
         assert row["history"] == {"APPROVED": 1, "REJECTED": 1, "CANCELLED": 1}
 
@@ -121,7 +115,7 @@ def test_the_figures_on_a_small_fixture(queue, dana):
         queue["freeze"].code,
         queue["next_year"].code,
     ]
-    assert top_up["burn_rate"] == Decimal("2.0000")  # (30 + 60 - 30) / 30 days
+    assert top_up["burn_rate"] == Decimal("3.2143")  # (30 + 60 + 30 - 30) / 28 days
     assert next_year["burn_rate"] == 0
     assert (top_up["su_used"], top_up["su_budget"]) == (Decimal("190"), Decimal("1000"))
     body = response.content.decode()
@@ -152,7 +146,7 @@ def test_the_page_shows_them(queue, dana):
     assert '<span class="badge badge-info">status → Inactive</span>' in html
     assert '<span class="badge badge-info">end → 2026-09-30</span>' in html
     assert '<td class="num">190 of 1,000<br><span class="muted">19.0%</span></td>' in html
-    assert '<td class="num">2</td>' in html
+    assert '<td class="num">3.2143</td>' in html
     assert "<td>1 approved, 1 cancelled, 1 rejected</td>" in html
     assert (
         'Jun 2026: 82.1918 (82.2%) → <strong class="error">123.2877 (123.3%)</strong> '
@@ -170,12 +164,47 @@ def test_a_project_without_earlier_requests_says_so(pending_request, dana):
     assert '<span class="muted">first request</span>' in html
 
 
-@given(seconds=st.integers(min_value=-3600, max_value=3 * 366 * 86400))
-def test_the_ages_read_as_timesince_writes_them(seconds):
-    from django.utils.timesince import timesince
+def test_each_row_says_how_long_its_request_has_waited(queue, dana):
+    ChangeRequest.objects.filter(pk=queue["freeze"].pk).update(
+        created=NOW - dt.timedelta(days=3, hours=2, minutes=5)
+    )
 
-    from allocations.review_views import _TIME_STRINGS
+    html = client_as(dana).get(url()).content.decode()
 
-    now = dt.datetime(2026, 11, 24, 6, 30, tzinfo=dt.UTC)
-    created = now - dt.timedelta(seconds=seconds)
-    assert timesince(created, now, time_strings=_TIME_STRINGS) == timesince(created, now)
+    assert "3\xa0days, 2\xa0hours ago" in html
+    assert html.count("0\xa0minutes ago") == 2  # the other two, made at NOW
+
+
+def test_an_ended_allocation_burns_as_its_forecast_says(
+    alice, project, cluster, gpu, dana, bob, monkeypatch
+):
+    """Its window is the 28 days to its end date, not to today: each database's date
+    arithmetic in the queue's statement must say the same as forecasts.rate_window."""
+    monkeypatch.setattr(timezone, "now", lambda: NOW)
+    request = services.allocation_request_create(
+        actor=alice,
+        project=project,
+        cluster=cluster,
+        name="spring",
+        resources=[gpu],
+        su_amount="1000",
+        start=dt.date(2026, 3, 1),
+        end=dt.date(2026, 5, 31),
+        justification="Spring",
+    )
+    services.change_request_approve(actor=dana, request=request)
+    spring = request.allocation
+    services.membership_add(actor=alice, allocation=spring, user=bob)
+    for job, day in (("before", 3), ("first", 4), ("last", 31)):
+        when = dt.datetime(2026, 5, day, 12, tzinfo=dt.UTC)
+        charge(spring, bob, gpu, job, 7, when)  # 14 SU each
+    extension = services.change_request_submit(
+        actor=alice, allocation=spring, requested_end=dt.date(2026, 8, 31), justification="Late"
+    )
+
+    row = rows_of(client_as(dana).get(url()))[extension.code]
+
+    spring.refresh_from_db()
+    forecast = selectors.allocation_forecast(allocation=spring, today=NOW.date())
+    assert forecast.window_days == 28
+    assert row["burn_rate"] == forecast.burn_rate == Decimal("1.0000")  # 28 SU / 28 days

@@ -5,7 +5,7 @@ import datetime as dt
 from decimal import Decimal
 
 from allocations import selectors, services
-from allocations.models import UsageAdjustment
+from allocations.adjustments import usage_refund
 from tests.conftest import END, NOW, START, usage
 from tests.review.conftest import request_new_allocations
 
@@ -20,53 +20,47 @@ def charge(allocation, user, resource, job: str, gpu_hours, when):
 
 
 class TestBurnRate:
-    def test_it_is_the_last_30_days_net_charges_per_day(self, allocation, bob, gpu):
-        charge(allocation, bob, gpu, "old", 50, NOW - dt.timedelta(days=31))  # outside
-        charge(allocation, bob, gpu, "a", 15, NOW - dt.timedelta(days=29))  # 30 SU
+    """The admin's burn rate is the PI's forecast's: the daily rollups' mean over the
+    last RATE_WINDOW_DAYS (28) days, a refund counted on its job's day."""
+
+    def test_it_is_the_mean_net_charge_of_the_last_28_days(
+        self, allocation, bob, gpu, dana, django_capture_on_commit_callbacks
+    ):
+        charge(allocation, bob, gpu, "old", 50, NOW - dt.timedelta(days=28))  # a day before
+        charge(allocation, bob, gpu, "first", 7, NOW - dt.timedelta(days=27))  # 14 SU
         charge(allocation, bob, gpu, "b", 30, NOW - dt.timedelta(days=1))  # 60 SU
-        UsageAdjustment.objects.create(
-            usage=allocation.usage.get(job_id="b"),
-            allocation=allocation,
-            user=bob,
-            kind="REFUND",
-            su_delta=Decimal("-30"),
-            reason="Node failure",
-        )
-        # Made an hour before "now" (created is set on insert, to the real clock).
-        UsageAdjustment.objects.filter(kind="REFUND").update(created=NOW - dt.timedelta(hours=1))
+        charge(allocation, bob, gpu, "c", 15, NOW - dt.timedelta(hours=1))  # 30 SU
+        with django_capture_on_commit_callbacks(execute=True):
+            usage_refund(actor=dana, cluster=allocation.cluster, job_id="b", reason="Node failure")
+        allocation.refresh_from_db()
 
-        rates = selectors.burn_rates(allocations=[allocation], now=NOW)
+        forecast = selectors.allocation_forecast(allocation=allocation, today=NOW.date())
 
-        assert rates == {allocation.pk: Decimal("2.0000")}  # (30 + 60 - 30) / 30
+        assert forecast.window_days == 28
+        assert forecast.burn_rate == Decimal("1.5714")  # (14 + 60 - 60 + 30) / 28
 
     def test_a_young_allocation_is_divided_by_its_days_so_far(self, allocation, bob, gpu):
-        now = dt.datetime.combine(START + dt.timedelta(days=10), dt.time(12), tzinfo=dt.UTC)
-        charge(allocation, bob, gpu, "a", 50, now - dt.timedelta(days=2))  # 100 SU
+        today = START + dt.timedelta(days=10)
+        charge(allocation, bob, gpu, "a", 50, dt.datetime.combine(today, dt.time(1), dt.UTC))
 
-        assert selectors.burn_rates(allocations=[allocation], now=now) == {
-            allocation.pk: Decimal("10.0000")
-        }
+        forecast = selectors.allocation_forecast(allocation=allocation, today=today)
+
+        assert (forecast.window_days, forecast.burn_rate) == (11, Decimal("9.0909"))  # 100 / 11
+
+    def test_an_ended_allocation_is_read_over_its_last_28_days(self, allocation, bob, gpu):
+        charge(allocation, bob, gpu, "last", 50, dt.datetime.combine(END, dt.time(1), dt.UTC))
+
+        forecast = selectors.allocation_forecast(
+            allocation=allocation, today=END + dt.timedelta(days=60)
+        )
+
+        assert (forecast.window_days, forecast.burn_rate) == (28, Decimal("3.5714"))  # 100 / 28
 
     def test_no_usage_burns_nothing_and_never_runs_out(self, allocation):
-        rate = selectors.burn_rates(allocations=[allocation], now=NOW)[allocation.pk]
+        forecast = selectors.allocation_forecast(allocation=allocation, today=NOW.date())
 
-        assert rate == 0
-        assert selectors.exhaustion_date(remaining=Decimal(5), burn_rate=rate, today=JUNE) is None
-
-    def test_the_remaining_sus_run_out_at_the_burn_rate(self):
-        assert selectors.exhaustion_date(
-            remaining=Decimal(100), burn_rate=Decimal("7.5"), today=JUNE
-        ) == dt.date(2026, 6, 14)
-
-    def test_two_queries_for_any_number_of_allocations(
-        self, allocation, alice, project, cluster, gpu, django_assert_num_queries
-    ):
-        others = [r.allocation for r in request_new_allocations(
-            alice=alice, project=project, cluster=cluster, gpu=gpu, n=5
-        )]  # fmt: skip
-
-        with django_assert_num_queries(2):  # usage charged, then adjustments made
-            selectors.burn_rates(allocations=[allocation, *others], now=NOW)
+        assert forecast.burn_rate == 0
+        assert forecast.exhaustion is None
 
 
 class TestCommitment:
