@@ -88,7 +88,8 @@ def _back(request: HttpRequest, default: str) -> str:
 @login_required
 def queue(request: HttpRequest) -> HttpResponse:
     user = request.user
-    clusters = selectors.clusters_administered_by(user=user)
+    now = timezone.now()
+    clusters, budgets = selectors.review_clusters(user=user, today=now.date())
     if not user.is_superuser and not selectors.user_administers_any_cluster(user=user):
         raise PermissionDenied("The review queue is for the admins of a cluster.")
     filters = QueueFilterForm(request.GET or None, clusters=clusters)
@@ -96,10 +97,10 @@ def queue(request: HttpRequest) -> HttpResponse:
     if filters.is_valid():
         cluster = filters.cleaned_data["cluster"]
         max_su = filters.cleaned_data["max_su"]
-    now = timezone.now()
     page = selectors.review_queue_page(
         user=user,
         clusters=clusters,
+        budgets=budgets,
         cluster=cluster,
         max_su=max_su,
         page=request.GET.get("page"),

@@ -56,7 +56,7 @@ def fetch(
     converters = [
         *((name, to_su) for name in decimals),
         *((name, _to_bool) for name in bools),
-        *((name, _to_date) for name in dates),
+        *((name, to_date) for name in dates),
         *((name, _to_datetime) for name in datetimes),
         *((name, _to_uuid) for name in uuids),
     ]
@@ -93,7 +93,7 @@ def _to_bool(value) -> bool | None:
     return None if value is None else bool(value)
 
 
-def _to_date(value) -> dt.date | None:
+def to_date(value) -> dt.date | None:
     if value is None or isinstance(value, dt.date):
         return value
     return parse_date(value)
