@@ -74,11 +74,15 @@ def cursor():
     if connection.vendor != "postgresql":
         return connection.cursor()
     from django.db.backends.postgresql.base import ServerBindingCursor
+    from psycopg.pq import Format
 
     connection.close_if_health_check_failed()
     connection.ensure_connection()
+    raw = ServerBindingCursor(connection.connection)
+    # Results in binary: numerics, dates and UUIDs decode faster than from their text.
+    raw.format = Format.BINARY
     with connection.wrap_database_errors:
-        return connection._prepare_cursor(ServerBindingCursor(connection.connection))
+        return connection._prepare_cursor(raw)
 
 
 def to_su(value) -> Decimal | None:
