@@ -145,10 +145,11 @@ def _queue_rows(rows: list[dict], now) -> list[dict]:
         c = row["commitment"]
         if c.month not in months:
             months[c.month] = dateformat.format(c.month, "M Y")
+        code = str(row["code"])  # printed three times: a UUID's str() is slow
         out.append(
             {
-                "code": row["code"],
-                "url": to_request(row["code"]),
+                "code": code,
+                "url": to_request(code),
                 "name": row["name"],
                 "high": row["priority"] >= ChangeRequest.Priority.HIGH,
                 "priority": _PRIORITIES[row["priority"]],
