@@ -117,6 +117,7 @@ def queue(request: HttpRequest) -> HttpResponse:
                 "review/queue_rows.html", {"rows": _queue_rows(page.object_list, now)}
             ),
             "filters": filters,
+            "filter_fields": fragment("portal/fields.html", {"fields": list(filters)}),
             "clusters": clusters,
             "query": _query_without_page(request),
             "burn_window_days": RATE_WINDOW_DAYS,
