@@ -21,9 +21,7 @@ def test_form_fields_print_as_the_field_template_prints_them(db, data):
     form.is_valid()
 
     by_jinja = fragment("portal/fields.html", {"fields": list(form)})
-    by_django = "".join(
-        render_to_string("portal/_field.html", {"field": field}) for field in form
-    )
+    by_django = "".join(render_to_string("portal/_field.html", {"field": field}) for field in form)
 
     assert _words(by_jinja) == _words(by_django)
     assert "GPU &lt;cluster&gt;" in by_jinja

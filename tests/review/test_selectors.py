@@ -7,7 +7,6 @@ from decimal import Decimal
 from allocations import selectors, services
 from allocations.adjustments import usage_refund
 from tests.conftest import END, NOW, START, usage
-from tests.review.conftest import request_new_allocations
 
 JUNE = dt.date(2026, 6, 1)
 
