@@ -146,7 +146,7 @@ def _queue_rows(rows: list[dict], now) -> list[dict]:
         c = row["commitment"]
         if c.month not in months:
             months[c.month] = dateformat.format(c.month, "M Y")
-        code = str(row["code"])  # printed three times: a UUID's str() is slow
+        code = str(row["code"])  # printed twice: a UUID's str() is slow
         out.append(
             {
                 "code": code,
