@@ -3,8 +3,17 @@ from decimal import Decimal
 from django import template
 
 from allocations import selectors
+from portal.fragments import fragment
 
 register = template.Library()
+
+
+@register.simple_tag
+def form_field(field):
+    """One form field with its label, help text and errors beside it, tied together by
+    ids (templates/fragments/portal/fields.html: printed by Jinja2, which the filter forms
+    of the busiest pages use too)."""
+    return fragment("portal/fields.html", {"fields": [field]})
 
 
 @register.filter
