@@ -513,27 +513,14 @@ def cap_summary(*, allocation: Allocation) -> dict:
 # --- the review queue (cluster admins) ----------------------------------------------------
 
 
-def clusters_administered_by(*, user: User) -> list[Cluster]:
-    """By name. Also answers user_administers_any_cluster for the rest of the request (the
-    review queue refuses anyone without one, and the layout's nav asks). Plain SQL (see
-    portal/rows.py): the queue reads it on every request, and compiling the queryset cost
-    more than running it."""
-    where = "" if user.is_superuser else _ADMINISTERS_CLUSTER
-    with rows_cursor() as cursor:
-        cursor.execute(
-            f"SELECT {columns(Cluster, 'c')} FROM allocations_cluster c{where} ORDER BY c.name",  # noqa: S608
-            {"user": user.pk},
-        )
-        clusters = [instances(row, [Cluster])[0][0] for row in cursor.fetchall()]
-    if not user.is_superuser:
-        user._administers_any_cluster = bool(clusters)
-    return clusters
-
-
 def review_clusters(*, user: User, today: dt.date) -> tuple[list[Cluster], dict]:
-    """clusters_administered_by(user) and, from the same statement, each one's ACTIVE
-    budgets summed by (start, end) that can fall in this month or a later one: all the
-    queue's commitments read (review_queue_page), without a query of their own."""
+    """The clusters the user administers (a superuser: all), by name, and from the same
+    statement each one's ACTIVE budgets summed by (start, end) that can fall in this
+    month or a later one: all the queue's commitments read (review_queue_page), without
+    a query of their own. Also answers user_administers_any_cluster for the rest of the
+    request (the review queue refuses anyone without one, and the layout's nav asks).
+    Plain SQL (see portal/rows.py): the queue reads it on every request, and compiling
+    the queryset cost more than running it."""
     where = "" if user.is_superuser else _ADMINISTERS_CLUSTER
     with rows_cursor() as cursor:
         cursor.execute(
@@ -584,11 +571,10 @@ def review_queue(
 
 
 # The queue's page in one statement: the pending requests the user may decide on, each
-# with its allocation, the net SUs charged in the burn window, and the project's earlier
-# requests by state. Plain SQL: building, compiling and instantiating the querysets it
-# replaced cost several times what the database takes to answer it. The names are
-# scalar subqueries rather than joins: PostgreSQL took longer to plan five more joins
-# than to run the whole statement.
+# with its allocation, the net SUs its rollups hold for the burn-rate window, and the
+# project's earlier requests by state. Plain SQL: building, compiling and instantiating
+# the querysets it replaced cost several times what the database takes to answer it.
+# Prepared on PostgreSQL (portal/rows.py), so its joins are planned once a connection.
 _REVIEW_QUEUE_SQL = """
 WITH page AS (
     SELECT r.id, r.code, r.kind, r.su_delta, r.requested_status, r.requested_end,
