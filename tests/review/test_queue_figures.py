@@ -208,3 +208,30 @@ def test_an_ended_allocation_burns_as_its_forecast_says(
     forecast = selectors.allocation_forecast(allocation=spring, today=NOW.date())
     assert forecast.window_days == 28
     assert row["burn_rate"] == forecast.burn_rate == Decimal("1.0000")  # 28 SU / 28 days
+
+
+def test_the_request_page_shows_the_rate_and_date_the_pi_sees(queue, dana, alice, allocation):
+    from django.urls import reverse
+
+    top_up = queue["top_up"]
+    forecast = selectors.allocation_forecast(allocation=allocation, today=NOW.date())
+
+    admin_html = " ".join(
+        client_as(dana)
+        .get(reverse("allocations:review:request", args=[top_up.code]))
+        .content.decode()
+        .split()
+    )
+    pi_html = " ".join(
+        client_as(alice)
+        .get(reverse("allocations:allocation", args=[allocation.code]))
+        .content.decode()
+        .split()
+    )
+
+    assert forecast.burn_rate == Decimal("3.2143")
+    assert "<dt>Burn (SU/day)</dt><dd>3.2143</dd>" in admin_html
+    assert "over the last 28 days" in admin_html
+    exhaustion = f"{forecast.exhaustion:%Y-%m-%d}"
+    assert f"the remaining SUs last until {exhaustion}, after the end date" in admin_html
+    assert f"At {forecast.burn_rate} SUs a day over the last 28 days" in pi_html
