@@ -37,7 +37,7 @@ class TestAccess:
         assert response["WWW-Authenticate"] == 'Bearer realm="metrics"'
 
     @pytest.mark.parametrize("who", ["alice", "dana"])
-    def test_a_user_who_is_not_a_site_admin_is_refused(self, request, who):
+    def test_a_user_who_is_not_a_site_admin_is_refused(self, db, request, who):
         assert client_for(request.getfixturevalue(who)).get("/metrics").status_code == 403
 
     def test_a_site_admin_may_read_them(self, staff):
